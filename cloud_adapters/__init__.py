@@ -1,0 +1,1 @@
+"""Artifact stores over apache-libcloud, the placement planner and the reconciler."""

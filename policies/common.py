@@ -1,0 +1,132 @@
+"""Pieces every policy kind shares: the strict base model, metadata, durations, secret references.
+
+Models are strict (``"3"`` is not a number, ``yes`` is not a boolean) and forbid unknown fields,
+so a typo is an error with a did-you-mean rather than a setting silently ignored. YAML spells
+fields in camelCase, Kubernetes-style; Python uses snake_case through aliases.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic.alias_generators import to_camel
+
+from fedge.errors import UsageError
+from fedge.logs import register_secret
+
+__all__ = [
+    "API_VERSION",
+    "DNS_NAME",
+    "TOPIC_SAFE_ID",
+    "Duration",
+    "LabelSelector",
+    "Metadata",
+    "SecretRef",
+    "Spec",
+    "parse_duration",
+]
+
+API_VERSION = "fedge/v1"
+DNS_NAME = r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$"
+# Device and fleet ids become MQTT topic levels: no '/', '+', '#', and nothing a broker ACL
+# pattern could misread.
+TOPIC_SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Spec(BaseModel):
+    """Base of every policy model: strict, no unknown fields, camelCase in YAML."""
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        frozen=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+    )
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """``90``, ``"90s"``, ``"10m"``, ``"1h30m"``, ``"500ms"`` -> seconds (float).
+
+    Anything else is passed on unchanged so the strict float check reports it.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if text and _DURATION.sub("", text) == "":
+            return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION.findall(text))
+        raise ValueError(f"{value!r} is not a duration; write e.g. 30s, 10m, 1h30m or a number of seconds")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    Field(gt=0),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d))+$"},
+            ],
+            "description": "seconds, or a duration such as 30s, 10m, 1h30m",
+        }
+    ),
+]
+
+
+class Metadata(Spec):
+    name: str = Field(pattern=DNS_NAME, description="lowercase letters, digits, '-' and '.'")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class LabelSelector(Spec):
+    """Kubernetes-style selector: every ``matchLabels`` pair must be present (empty selects all)."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict)
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        return all(labels.get(key) == value for key, value in self.match_labels.items())
+
+
+class SecretRef(Spec):
+    """Where a secret lives: an environment variable or a file. Never the secret itself."""
+
+    env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    file: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of env or file")
+        return self
+
+    def resolve(self, *, base_dir: str | os.PathLike[str] | None = None) -> str:
+        """Read the secret now (at use, not at load) and register it for log redaction."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise UsageError(f"secretRef: environment variable {self.env} is not set")
+        else:
+            assert self.file is not None  # noqa: S101 - guaranteed by _exactly_one
+            path = Path(self.file)
+            if base_dir is not None and not path.is_absolute():
+                path = Path(base_dir) / path
+            try:
+                value = path.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise UsageError(f"secretRef: cannot read {path} ({exc.strerror})") from exc
+        register_secret(value)
+        return value
+
+
+Enforcement = Literal["Enforce", "Audit"]

@@ -1,0 +1,86 @@
+"""FederationPolicy: how data holders fine-tune one model together, and what each may spend."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from policies.common import Duration, Spec
+
+__all__ = [
+    "AggregationSpec",
+    "ClientsSpec",
+    "FederationSpec",
+    "LoraSpec",
+    "ModelSpec",
+    "PrivacySpec",
+    "TrainingSpec",
+]
+
+Strategy = Literal["fedavg", "fedadam", "fedyogi", "fedadagrad"]
+Protection = Literal["none", "secagg", "he"]
+Accountant = Literal["rdp", "prv"]
+
+
+class ModelSpec(Spec):
+    source: str = Field(
+        default="builtin:all-MiniLM-L6-v2",
+        min_length=1,
+        description="builtin:all-MiniLM-L6-v2 (shipped offline) or a local Hugging Face model folder",
+    )
+    task: Literal["sequence-classification"] = "sequence-classification"
+    num_labels: int = Field(default=2, ge=2, le=1000)
+    max_length: int = Field(default=128, ge=8, le=4096)
+
+
+class ClientsSpec(Spec):
+    per_round: int = Field(default=2, ge=1, description="clients sampled for each round")
+    minimum: int = Field(default=2, ge=1, description="replies needed for a round to count")
+    fraction_evaluate: float = Field(default=1.0, gt=0, le=1)
+
+
+class AggregationSpec(Spec):
+    strategy: Strategy = "fedavg"
+    server_learning_rate: float = Field(default=1e-2, gt=0, le=10)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.99, ge=0, lt=1)
+    tau: float = Field(default=1e-3, gt=0, description="adaptivity (epsilon of the server optimizer)")
+
+
+class TrainingSpec(Spec):
+    local_epochs: int = Field(default=1, ge=1, le=100)
+    batch_size: int = Field(default=16, ge=1, le=4096, description="expected logical batch size")
+    learning_rate: float = Field(default=5e-4, gt=0, le=1)
+    max_physical_batch_size: int = Field(default=32, ge=1, le=4096)
+
+
+class PrivacySpec(Spec):
+    """Each data holder's budget; enforced by the holder's own ledger, not by the coordinator."""
+
+    target_epsilon: float = Field(default=8.0, gt=0, le=100)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    max_grad_norm: float = Field(default=1.0, gt=0, description="per-sample clipping norm")
+    accountant: Accountant = "rdp"
+    noise_multiplier: float | None = Field(
+        default=None, gt=0, description="fixed noise; when absent it is derived from the budget"
+    )
+
+
+class LoraSpec(Spec):
+    rank: int = Field(default=8, ge=1, le=256)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
+
+
+class FederationSpec(Spec):
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    rounds: int = Field(default=3, ge=1, le=10_000)
+    clients: ClientsSpec = Field(default_factory=ClientsSpec)
+    round_timeout: Duration = 600.0
+    aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
+    protection: Protection = "none"
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+    lora: LoraSpec = Field(default_factory=LoraSpec)
