@@ -60,7 +60,7 @@ def test_validate_prints_every_problem_and_exits_2(cli, tmp_path: Path) -> None:
     assert lines[:3] == [
         f"{bad}:5:13: spec.soakTime: 'soon' is not a duration; write e.g. 30s, 10m, 1h30m or a number of seconds (got 'soon')",
         f"{bad}:6:12: spec.canary.device: unknown field 'device' (did you mean 'devices'?)",
-        f"{bad}:7:27: spec.health.maxErrorRate: Input should be less than or equal to 1 (got 2)",
+        f"{bad}:7:26: spec.health.maxErrorRate: Input should be less than or equal to 1 (got 2)",
     ]
     assert lines[3] == "fedge: error: 3 problem(s) found"
 
