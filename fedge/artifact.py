@@ -70,13 +70,13 @@ def sign_artifact(
     *,
     name: str,
     version: str,
-    format: str,  # noqa: A002 - mirrors the manifest field
+    format: str,
     provenance: Provenance | None = None,
     labels: Mapping[str, str] | None = None,
     metrics: Mapping[str, float] | None = None,
     created: str | None = None,
 ) -> Manifest:
-    """Hash the folder, write ``manifest.json`` and ``manifest.sig`` atomically, return the manifest."""
+    """Hash the folder, then write ``manifest.json`` and ``manifest.sig`` atomically."""
     folder = Path(directory)
     manifest = Manifest.create(
         name=name,
@@ -152,7 +152,9 @@ def verify_artifact(directory: str | os.PathLike[str], trusted: Sequence[PublicK
             raise ArtifactError("listed in the manifest but missing", file=entry.path)
         digest, size = hash_file(path)
         if size != entry.size:
-            raise ArtifactError(f"size is {size} bytes, manifest says {entry.size}", file=entry.path)
+            raise ArtifactError(
+                f"size is {size} bytes, manifest says {entry.size}", file=entry.path
+            )
         if digest != entry.sha256:
             raise ArtifactError(
                 f"sha256 {digest[:12]}… does not match the manifest's {entry.sha256[:12]}…",

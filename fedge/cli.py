@@ -18,7 +18,16 @@ from rich.console import Console
 from fedge import __version__
 from fedge.errors import FedgeError, PolicyError
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_RUNTIME", "EXIT_USAGE", "err", "new_app", "out", "run"]
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_RUNTIME",
+    "EXIT_USAGE",
+    "err",
+    "new_app",
+    "out",
+    "run",
+]
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1

@@ -15,7 +15,7 @@ them parse the message, and an ``exit_code`` that the command-line tools use.
     │   └── KeyFileError            a key file is missing, unreadable or not the right kind
     ├── ArtifactError               an artifact is incomplete or a file differs from its manifest
     │   └── SignatureError          the manifest signature is missing or no trusted key verifies it
-    ├── CloudError                  an artifact store failed (``provider``, ``container``, ``object_name``)
+    ├── CloudError                  a store failed (``provider``, ``container``, ``object_name``)
     ├── FederationError             the federation (Flower) could not run a round or a run
     │   └── BudgetExceededError     a round would spend more privacy budget than the policy allows
     └── EdgeError                   an edge agent could not fetch, verify, install or serve a model
@@ -32,8 +32,8 @@ __all__ = [
     "CloudError",
     "DataError",
     "EdgeError",
-    "FedgeError",
     "FederationError",
+    "FedgeError",
     "KeyFileError",
     "PolicyError",
     "Problem",
@@ -56,7 +56,7 @@ class UsageError(FedgeError):
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One located problem in a policy file, printed as ``file:line:column: path: message (hint)``."""
+    """One located problem in a policy file: ``file:line:column: path: message (hint)``."""
 
     file: str
     line: int

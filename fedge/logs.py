@@ -21,7 +21,9 @@ logging.getLogger(ROOT_LOGGER).addHandler(logging.NullHandler())
 
 def get_logger(name: str) -> logging.Logger:
     """A logger under the ``fedge`` namespace (``get_logger(__name__)`` in every module)."""
-    return logging.getLogger(name if name.startswith(ROOT_LOGGER + ".") else f"{ROOT_LOGGER}.{name}")
+    return logging.getLogger(
+        name if name.startswith(ROOT_LOGGER + ".") else f"{ROOT_LOGGER}.{name}"
+    )
 
 
 def register_secret(value: str) -> None:

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -38,7 +39,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def check_relative_path(path: str) -> str:
-    """Refuse paths that could escape the artifact folder or mean different files on different OSes."""
+    """Refuse paths that could escape the artifact folder or differ between operating systems."""
     pure = PurePosixPath(path)
     if (
         not path
@@ -70,7 +71,7 @@ class FileEntry:
 
 @dataclass(frozen=True, slots=True)
 class Provenance:
-    """Where the model came from: the training run, its rounds, and the privacy each client spent."""
+    """Where the model came from: the run, its rounds, and the privacy each client spent."""
 
     run_id: str | None = None
     rounds: int | None = None
@@ -123,9 +124,11 @@ class Manifest:
                 file=MANIFEST_NAME,
             )
         if not _VERSION.match(self.version):
-            raise ArtifactError(f"version {self.version!r} is not a valid version", file=MANIFEST_NAME)
+            raise ArtifactError(
+                f"version {self.version!r} is not a valid version", file=MANIFEST_NAME
+            )
         ordered = tuple(sorted(self.files, key=lambda entry: entry.path))
-        for first, second in zip(ordered, ordered[1:], strict=False):
+        for first, second in pairwise(ordered):
             if first.path == second.path:
                 raise ArtifactError("listed twice in the manifest", file=first.path)
         object.__setattr__(self, "files", ordered)
@@ -136,7 +139,7 @@ class Manifest:
         *,
         name: str,
         version: str,
-        format: str,  # noqa: A002 - the manifest field is called format
+        format: str,
         files: Iterable[FileEntry],
         created: str | None = None,
         provenance: Provenance | None = None,
@@ -160,7 +163,7 @@ class Manifest:
 
     @property
     def content_digest(self) -> str:
-        """SHA-256 over the sorted (path, sha256, size) list: the same files give the same digest."""
+        """SHA-256 over the sorted (path, sha256, size) list: same files, same digest."""
         hasher = hashlib.sha256()
         for entry in self.files:
             hasher.update(f"{entry.path}\0{entry.sha256}\0{entry.size}\n".encode())

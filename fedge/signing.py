@@ -62,7 +62,9 @@ class PublicKey:
         try:
             self.key.verify(signature, data)
         except InvalidSignature as exc:
-            raise SignatureError(f"signature does not verify with key {self.key_id}", file=what) from exc
+            raise SignatureError(
+                f"signature does not verify with key {self.key_id}", file=what
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,9 @@ class KeyPair:
     def sign(self, data: bytes) -> bytes:
         return self.private.sign(data)
 
-    def save(self, directory: str | os.PathLike[str], *, stem: str = "signing") -> tuple[Path, Path]:
+    def save(
+        self, directory: str | os.PathLike[str], *, stem: str = "signing"
+    ) -> tuple[Path, Path]:
         """Write ``<stem>.key`` (PKCS#8 PEM, mode 0600) and ``<stem>.pub`` (PEM)."""
         folder = Path(directory)
         private_pem = self.private.private_bytes(

@@ -30,7 +30,9 @@ class HttpInput(Spec):
 
 
 class InputSpec(Spec):
-    folder: str | None = Field(default=None, min_length=1, description="watched folder of .txt files")
+    folder: str | None = Field(
+        default=None, min_length=1, description="watched folder of .txt files"
+    )
     http: HttpInput | None = None
 
 

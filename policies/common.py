@@ -21,10 +21,13 @@ from fedge.logs import register_secret
 __all__ = [
     "API_VERSION",
     "DNS_NAME",
+    "PROVIDERS",
     "TOPIC_SAFE_ID",
     "Duration",
+    "Enforcement",
     "LabelSelector",
     "Metadata",
+    "Provider",
     "SecretRef",
     "Spec",
     "parse_duration",
@@ -62,7 +65,9 @@ def parse_duration(value: Any) -> Any:
         text = value.strip()
         if text and _DURATION.sub("", text) == "":
             return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION.findall(text))
-        raise ValueError(f"{value!r} is not a duration; write e.g. 30s, 10m, 1h30m or a number of seconds")
+        raise ValueError(
+            f"{value!r} is not a duration; write e.g. 30s, 10m, 1h30m or a number of seconds"
+        )
     if isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
@@ -130,3 +135,5 @@ class SecretRef(Spec):
 
 
 Enforcement = Literal["Enforce", "Audit"]
+Provider = Literal["s3", "azure-blob", "local"]
+PROVIDERS: tuple[Provider, ...] = ("s3", "azure-blob", "local")

@@ -27,7 +27,7 @@ class ModelSpec(Spec):
     source: str = Field(
         default="builtin:all-MiniLM-L6-v2",
         min_length=1,
-        description="builtin:all-MiniLM-L6-v2 (shipped offline) or a local Hugging Face model folder",
+        description="builtin:all-MiniLM-L6-v2 (shipped offline) or a local model folder",
     )
     task: Literal["sequence-classification"] = "sequence-classification"
     num_labels: int = Field(default=2, ge=2, le=1000)
@@ -45,7 +45,9 @@ class AggregationSpec(Spec):
     server_learning_rate: float = Field(default=1e-2, gt=0, le=10)
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.99, ge=0, lt=1)
-    tau: float = Field(default=1e-3, gt=0, description="adaptivity (epsilon of the server optimizer)")
+    tau: float = Field(
+        default=1e-3, gt=0, description="adaptivity (epsilon of the server optimizer)"
+    )
 
 
 class TrainingSpec(Spec):

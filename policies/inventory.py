@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
-from policies.common import DNS_NAME, SecretRef, Spec
+from policies.common import DNS_NAME, Provider, SecretRef, Spec
 
 __all__ = ["Credentials", "InventorySpec", "Pricing", "Target", "TargetTLS"]
 
-Provider = Literal["s3", "azure-blob", "local"]
-
 
 class Pricing(Spec):
-    storage_per_gb_month: float = Field(default=0.0, ge=0, alias="storagePerGBMonth", description="USD per GB-month stored")
-    egress_per_gb: float = Field(default=0.0, ge=0, alias="egressPerGB", description="USD per GB downloaded")
+    storage_per_gb_month: float = Field(
+        default=0.0, ge=0, alias="storagePerGBMonth", description="USD per GB-month stored"
+    )
+    egress_per_gb: float = Field(
+        default=0.0, ge=0, alias="egressPerGB", description="USD per GB downloaded"
+    )
 
 
 class Credentials(Spec):
@@ -26,7 +26,9 @@ class Credentials(Spec):
 
 
 class TargetTLS(Spec):
-    ca_file: str | None = Field(default=None, min_length=1, description="CA bundle for the endpoint")
+    ca_file: str | None = Field(
+        default=None, min_length=1, description="CA bundle for the endpoint"
+    )
 
 
 class Target(Spec):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from policies.common import Enforcement, LabelSelector, Spec
+from policies.common import PROVIDERS, Enforcement, LabelSelector, Provider, Spec
 
 __all__ = [
     "CostCeiling",
@@ -25,12 +25,16 @@ class Replicas(Spec):
 
 
 class SpreadSpec(Spec):
-    max_per_provider: int | None = Field(default=None, ge=1, description="at most N on one provider")
+    max_per_provider: int | None = Field(
+        default=None, ge=1, description="at most N on one provider"
+    )
     min_providers: int = Field(default=1, ge=1, description="replicas span at least N providers")
 
 
 class CostCeiling(Spec):
-    monthly_usd: float = Field(ge=0, alias="monthlyUSD", description="estimated storage cost of all replicas")
+    monthly_usd: float = Field(
+        ge=0, alias="monthlyUSD", description="estimated storage cost of all replicas"
+    )
 
 
 class StrategySpec(Spec):
@@ -48,10 +52,10 @@ class RetentionSpec(Spec):
 
 class PlacementSpec(Spec):
     artifacts: LabelSelector = Field(default_factory=LabelSelector)
-    providers: list[Literal["s3", "azure-blob", "local"]] = Field(
-        default_factory=lambda: ["s3", "azure-blob", "local"], min_length=1
+    providers: list[Provider] = Field(default_factory=lambda: list(PROVIDERS), min_length=1)
+    regions: list[str] = Field(
+        default_factory=list, description="allowed regions; empty allows all"
     )
-    regions: list[str] = Field(default_factory=list, description="allowed regions; empty allows all")
     residency: list[str] = Field(default_factory=list, description="allowed residency tags")
     replicas: Replicas = Field(default_factory=Replicas)
     spread: SpreadSpec = Field(default_factory=SpreadSpec)

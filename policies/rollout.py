@@ -28,6 +28,8 @@ class RolloutSpec(Spec):
     canary: CanarySpec = Field(default_factory=CanarySpec)
     health: HealthSpec = Field(default_factory=HealthSpec)
     soak_time: Duration = 60.0
-    batch_size: int = Field(default=10, ge=1, description="devices updated at once after the canary")
+    batch_size: int = Field(
+        default=10, ge=1, description="devices updated at once after the canary"
+    )
     timeout: Duration = 900.0
     rollback: RollbackSpec = Field(default_factory=RollbackSpec)

@@ -98,7 +98,8 @@ def _placement(doc: PlacementPolicy) -> Iterator[tuple[Loc, str, str]]:
     if spec.spread.min_providers > spec.replicas.max:
         yield (
             ("spec", "spread", "minProviders"),
-            f"minProviders ({spec.spread.min_providers}) exceeds replicas.max ({spec.replicas.max})",
+            f"minProviders ({spec.spread.min_providers}) exceeds "
+            f"replicas.max ({spec.replicas.max})",
             "",
         )
 
@@ -113,7 +114,10 @@ def _inventory(doc: CloudInventory) -> Iterator[tuple[Loc, str, str]]:
         if target.provider == "local":
             if target.path is None:
                 yield (here, "a local target needs a path", "the folder that holds the store")
-            for field, value in (("credentials", target.credentials), ("endpoint", target.endpoint)):
+            for field, value in (
+                ("credentials", target.credentials),
+                ("endpoint", target.endpoint),
+            ):
                 if value is not None:
                     yield ((*here, field), f"a local target takes no {field}", "")
             continue
@@ -182,7 +186,9 @@ def check_set(docs: Sequence[PolicyDocument]) -> Iterator[Finding]:
     for index, doc in enumerate(docs):
         key = (doc.kind, doc.metadata.name)
         if key in names:
-            yield Finding(index, ("metadata", "name"), f"another {doc.kind} is named {key[1]!r}", "")
+            yield Finding(
+                index, ("metadata", "name"), f"another {doc.kind} is named {key[1]!r}", ""
+            )
         names.setdefault(key, index)
     targets = {
         target.name

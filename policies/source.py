@@ -10,6 +10,7 @@ file that is too large, binary, or not UTF-8 is one clear problem, never a trace
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -112,7 +113,7 @@ def _loc(node: Node) -> Location:
     return Location(node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-def _scalar(node: ScalarNode) -> Any:
+def _scalar(node: ScalarNode) -> Any:  # noqa: PLR0911 - one return per YAML core tag
     tag, text = node.tag, node.value
     if tag == "tag:yaml.org,2002:str":
         return text
@@ -132,10 +133,10 @@ def _scalar(node: ScalarNode) -> Any:
         if lowered == ".nan":
             return math.nan
         return float(text)
-    raise _Unsupported(f"the tag {tag} is not supported in policy documents", node)
+    raise _UnsupportedError(f"the tag {tag} is not supported in policy documents", node)
 
 
-class _Unsupported(Exception):
+class _UnsupportedError(Exception):
     def __init__(self, message: str, node: Node) -> None:
         super().__init__(message)
         self.node = node
@@ -156,7 +157,7 @@ class _Converter:
     def convert(self, node: Node, path: Path_) -> Any:
         self.count += 1
         if self.count > MAX_NODES:
-            raise _Unsupported(
+            raise _UnsupportedError(
                 f"the document expands to more than {MAX_NODES} nodes (alias bomb?)", node
             )
         self.doc.values[path] = _loc(node)
@@ -166,7 +167,9 @@ class _Converter:
             return [self.convert(item, (*path, index)) for index, item in enumerate(node.value)]
         if isinstance(node, MappingNode):
             return self._mapping(node, path)
-        raise _Unsupported("unsupported YAML node", node)  # pragma: no cover - PyYAML has 3 kinds
+        raise _UnsupportedError(
+            "unsupported YAML node", node
+        )  # pragma: no cover - PyYAML has 3 kinds
 
     def _mapping(self, node: MappingNode, path: Path_) -> dict[str, Any]:
         result: dict[str, Any] = {}
@@ -191,11 +194,19 @@ class _Converter:
         return result
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
 def dotted(path: Path_) -> str:
-    """``('spec', 'targets', 0, 'name')`` -> ``spec.targets[0].name``."""
+    """``('spec', 'targets', 0, 'name')`` -> ``spec.targets[0].name``; odd keys are quoted."""
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif _PLAIN_KEY.match(part):
+            text += f".{part}" if text else part
+        else:
+            text += f"[{json.dumps(part)}]"
     return text
 
 
@@ -220,7 +231,7 @@ def parse_text(text: str, *, name: str) -> SourceFile:
             converter = _Converter(name, doc, problems)
             try:
                 doc.value = converter.convert(node, ())
-            except _Unsupported as exc:
+            except _UnsupportedError as exc:
                 where = _loc(exc.node)
                 problems.append(Problem(name, where.line, where.column, "", str(exc)))
                 continue
@@ -241,7 +252,7 @@ def _file_problem(name: str, message: str, hint: str = "") -> SourceFile:
     return SourceFile(name=name, documents=[], problems=[Problem(name, 1, 1, "", message, hint)])
 
 
-def read_policy_file(path: str | os.PathLike[str]) -> SourceFile:
+def read_policy_file(path: str | os.PathLike[str]) -> SourceFile:  # noqa: PLR0911
     """Read and parse a policy file, turning every way a file can be unusable into a problem."""
     file = Path(path)
     name = str(path)

@@ -29,7 +29,7 @@ Loc = tuple[str | int, ...]
 _SECRET_WORDS = frozenset(
     {"password", "secret", "secretkey", "accesskey", "token", "apikey", "accountkey", "key"}
 )
-_SECRET_HINT = "secrets never appear inline: use {env: VAR} or {file: PATH}"
+_SECRET_HINT = "secrets never appear inline: use {env: VAR} or {file: PATH}"  # noqa: S105
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,11 @@ def _type_at(root: type[BaseModel], loc: Loc) -> list[Any]:
         following: list[Any] = []
         for candidate in current:
             origin = typing.get_origin(candidate)
-            if isinstance(part, str) and isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            if (
+                isinstance(part, str)
+                and isinstance(candidate, type)
+                and issubclass(candidate, BaseModel)
+            ):
                 for name, info in candidate.model_fields.items():
                     if part in (info.alias, name):
                         following.extend(_unwrap(info.annotation))
@@ -143,7 +147,9 @@ class _DocumentChecker:
     def run(self) -> PolicyDocument | None:
         value = self.source.value
         if not isinstance(value, dict):
-            self.add((), "a policy document must be a mapping", "with apiVersion, kind, metadata, spec")
+            self.add(
+                (), "a policy document must be a mapping", "with apiVersion, kind, metadata, spec"
+            )
             return None
         envelope_ok = self._envelope(value)
         kind = value.get("kind")
@@ -162,17 +168,25 @@ class _DocumentChecker:
         ok = True
         api = value.get("apiVersion")
         if "apiVersion" not in value:
-            self.add(("apiVersion",), "required field is missing", f"write apiVersion: {API_VERSION}")
+            self.add(
+                ("apiVersion",), "required field is missing", f"write apiVersion: {API_VERSION}"
+            )
             ok = False
         elif api != API_VERSION:
-            self.add(("apiVersion",), f"unknown apiVersion {_shown(api)}", f"supported: {API_VERSION}")
+            self.add(
+                ("apiVersion",), f"unknown apiVersion {_shown(api)}", f"supported: {API_VERSION}"
+            )
             ok = False
         kind = value.get("kind")
         if "kind" not in value:
             self.add(("kind",), "required field is missing", f"one of: {', '.join(KINDS)}")
             ok = False
         elif not isinstance(kind, str) or kind not in KINDS:
-            hint = did_you_mean(kind, KINDS) if isinstance(kind, str) else f"one of: {', '.join(KINDS)}"
+            hint = (
+                did_you_mean(kind, KINDS)
+                if isinstance(kind, str)
+                else f"one of: {', '.join(KINDS)}"
+            )
             self.add(("kind",), f"unknown kind {_shown(kind)}", hint)
             ok = False
         return ok
@@ -200,16 +214,27 @@ class _DocumentChecker:
         elif kind == "literal_error" and isinstance(error.get("input"), str):
             expected = str(error.get("ctx", {}).get("expected", ""))
             choices = [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",")]
-            self.add(loc, f"{_shown(error['input'])} is not allowed", did_you_mean(error["input"], choices))
+            self.add(
+                loc,
+                f"{_shown(error['input'])} is not allowed",
+                did_you_mean(error["input"], choices),
+            )
         else:
-            self.add(loc, message.removeprefix("Value error, "), f"got {_shown(error.get('input'))}")
+            self.add(
+                loc, message.removeprefix("Value error, "), f"got {_shown(error.get('input'))}"
+            )
 
     def _unknown_field(self, model: type[BaseModel], loc: Loc) -> None:
         name = str(loc[-1])
         allowed = _field_names(model, loc[:-1])
         if f"{name}Ref" in allowed or name.lower().replace("_", "") in _SECRET_WORDS:
             ref = f"{name}Ref" if f"{name}Ref" in allowed else "a secretRef"
-            self.add(loc, "inline secret where a secretRef belongs", f"use {ref}: {{env: VAR}} or {{file: PATH}}", key=True)
+            self.add(
+                loc,
+                "inline secret where a secretRef belongs",
+                f"use {ref}: {{env: VAR}} or {{file: PATH}}",
+                key=True,
+            )
             return
         self.add(loc, f"unknown field {name!r}", did_you_mean(name, allowed), key=True)
 

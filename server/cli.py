@@ -14,8 +14,12 @@ from fedge.errors import UsageError
 
 __all__ = ["app", "main"]
 
-app = new_app("fedge", "fedge for the operator: policies, keys, artifacts, training, placement, fleet.")
-policy_app = typer.Typer(help="Validate policy documents and print their JSON Schema.", no_args_is_help=True)
+app = new_app(
+    "fedge", "fedge for the operator: policies, keys, artifacts, training, placement, fleet."
+)
+policy_app = typer.Typer(
+    help="Validate policy documents and print their JSON Schema.", no_args_is_help=True
+)
 keys_app = typer.Typer(help="Ed25519 signing keys for artifacts.", no_args_is_help=True)
 artifact_app = typer.Typer(help="Sign and verify model artifacts.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
@@ -34,7 +38,9 @@ def policy_validate(
     report.raise_for_problems()
     per_file: dict[str, list[str]] = {}
     for entry in report.documents:
-        per_file.setdefault(entry.file, []).append(f"{entry.document.kind}/{entry.document.metadata.name}")
+        per_file.setdefault(entry.file, []).append(
+            f"{entry.document.kind}/{entry.document.metadata.name}"
+        )
     for file in files:
         docs = per_file.get(str(file), [])
         out.print(f"ok  {file}: {len(docs)} document(s): {', '.join(docs)}")
@@ -42,8 +48,15 @@ def policy_validate(
 
 @policy_app.command("schema")
 def policy_schema(
-    kind: Annotated[str, typer.Argument(help="FederationPolicy, PlacementPolicy, RolloutPolicy, CloudInventory or AgentConfig.")],
-    output: Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file instead of stdout.")] = None,
+    kind: Annotated[
+        str,
+        typer.Argument(
+            help="FederationPolicy, PlacementPolicy, RolloutPolicy, CloudInventory or AgentConfig."
+        ),
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write to this file instead of stdout.")
+    ] = None,
 ) -> None:
     """Print the JSON Schema of one policy kind (for editor completion and checks)."""
     from fedge.atomic import atomic_write_text
@@ -59,14 +72,18 @@ def policy_schema(
 
 @keys_app.command("generate")
 def keys_generate(
-    output: Annotated[Path, typer.Option("--out", "-o", help="Folder for signing.key (0600) and signing.pub.")],
+    output: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for signing.key (0600) and signing.pub.")
+    ],
     force: Annotated[bool, typer.Option("--force", help="Replace an existing key pair.")] = False,
 ) -> None:
     """Generate an Ed25519 key pair for signing artifacts."""
     from fedge.signing import generate_keypair
 
     if (output / "signing.key").exists() and not force:
-        raise UsageError(f"{output / 'signing.key'}: a signing key already exists (use --force to replace it)")
+        raise UsageError(
+            f"{output / 'signing.key'}: a signing key already exists (use --force to replace it)"
+        )
     keypair = generate_keypair()
     key_path, pub_path = keypair.save(output)
     out.print(f"private key  {key_path} (mode 0600, keep it secret)")
@@ -88,11 +105,16 @@ def _parse_labels(values: list[str]) -> dict[str, str]:
 @artifact_app.command("sign")
 def artifact_sign(
     directory: Annotated[Path, typer.Argument(help="Folder of files that make the artifact.")],
+    *,
     key: Annotated[Path, typer.Option("--key", help="Ed25519 private key (PEM).")],
     name: Annotated[str, typer.Option("--name", help="Artifact name.")],
     version: Annotated[str, typer.Option("--version", help="Artifact version.")],
-    fmt: Annotated[str, typer.Option("--format", help="Artifact format, e.g. onnx-int8.")] = "files",
-    label: Annotated[list[str] | None, typer.Option("--label", help="KEY=VALUE, repeatable.")] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="Artifact format, e.g. onnx-int8.")
+    ] = "files",
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="KEY=VALUE, repeatable.")
+    ] = None,
 ) -> None:
     """Write manifest.json and manifest.sig for a folder."""
     from fedge.artifact import sign_artifact
@@ -106,13 +128,19 @@ def artifact_sign(
         format=fmt,
         labels=_parse_labels(label or []),
     )
-    out.print(f"signed {manifest.name} {manifest.version}: {len(manifest.files)} file(s), digest {manifest.digest}")
+    out.print(
+        f"signed {manifest.name} {manifest.version}: {len(manifest.files)} file(s), "
+        f"digest {manifest.digest}"
+    )
 
 
 @artifact_app.command("verify")
 def artifact_verify(
     directory: Annotated[Path, typer.Argument(help="Artifact folder.")],
-    trusted: Annotated[list[str], typer.Option("--trusted", help="Public key: PEM file or ed25519:<base64>. Repeatable.")],
+    trusted: Annotated[
+        list[str],
+        typer.Option("--trusted", help="Public key: PEM file or ed25519:<base64>. Repeatable."),
+    ],
 ) -> None:
     """Verify the signature and every file of an artifact."""
     from fedge.artifact import verify_artifact
@@ -130,7 +158,9 @@ def artifact_verify(
 
 @app.command("demo")
 def demo(
-    workdir: Annotated[Path, typer.Option("--workdir", help="Where the demo writes its files.")] = Path("fedge-demo"),
+    workdir: Annotated[
+        Path, typer.Option("--workdir", help="Where the demo writes its files.")
+    ] = Path("fedge-demo"),
 ) -> None:
     """Run the whole pipeline on embedded defaults (today: validate the example policies)."""
     from policies import EXAMPLES_DIR, check_files
@@ -145,7 +175,9 @@ def demo(
     for entry in report.documents:
         table.add_row(Path(entry.file).name, entry.document.kind, entry.document.metadata.name)
     out.print(table)
-    out.print(f"{len(report.documents)} example documents are valid (workdir {workdir} left untouched).")
+    out.print(
+        f"{len(report.documents)} example documents are valid (workdir {workdir} left untouched)."
+    )
     out.print(
         "Not built yet: federated DP training, protected aggregation, placement, export and "
         "edge rollout. They arrive with the next issues; this command will run them end to end."

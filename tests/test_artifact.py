@@ -12,7 +12,13 @@ import pytest
 from fedge.artifact import sign_artifact, verify_artifact
 from fedge.errors import ArtifactError, KeyFileError, SignatureError
 from fedge.manifest import MANIFEST_NAME, SIGNATURE_NAME
-from fedge.signing import KeyPair, generate_keypair, load_private_key, load_public_key, parse_public_key
+from fedge.signing import (
+    KeyPair,
+    generate_keypair,
+    load_private_key,
+    load_public_key,
+    parse_public_key,
+)
 
 
 @pytest.fixture
@@ -26,7 +32,9 @@ def artifact(tmp_path: Path, keypair: KeyPair) -> Path:
     (folder / "tokenizer").mkdir(parents=True)
     (folder / "model.onnx").write_bytes(os.urandom(4096))
     (folder / "tokenizer" / "vocab.txt").write_text("[PAD]\n[UNK]\nhello\n")
-    sign_artifact(folder, keypair, name="sentiment", version="1.0.0", format="onnx-int8", labels={"app": "s"})
+    sign_artifact(
+        folder, keypair, name="sentiment", version="1.0.0", format="onnx-int8", labels={"app": "s"}
+    )
     return folder
 
 
@@ -54,10 +62,14 @@ def test_one_flipped_byte_in_a_file_names_that_file(
     assert info.value.file == victim
 
 
-def test_one_flipped_byte_in_the_manifest_fails_the_signature(artifact: Path, keypair: KeyPair) -> None:
+def test_one_flipped_byte_in_the_manifest_fails_the_signature(
+    artifact: Path, keypair: KeyPair
+) -> None:
     body = (artifact / MANIFEST_NAME).read_bytes()
     _flip_byte(artifact / MANIFEST_NAME, body.index(b"1.0.0"))  # version 1.0.0 -> 0.0.0
-    with pytest.raises(SignatureError, match=f"^{MANIFEST_NAME}: signature does not verify") as info:
+    with pytest.raises(
+        SignatureError, match=f"^{MANIFEST_NAME}: signature does not verify"
+    ) as info:
         verify_artifact(artifact, [keypair.public])
     assert info.value.file == MANIFEST_NAME
 
@@ -82,7 +94,9 @@ def test_resigning_with_another_key_is_refused(artifact: Path, keypair: KeyPair)
         verify_artifact(artifact, [keypair.public])
 
 
-def test_signature_claiming_a_trusted_key_id_still_has_to_verify(artifact: Path, keypair: KeyPair) -> None:
+def test_signature_claiming_a_trusted_key_id_still_has_to_verify(
+    artifact: Path, keypair: KeyPair
+) -> None:
     attacker = generate_keypair()
     sign_artifact(artifact, attacker, name="sentiment", version="1.0.0", format="onnx-int8")
     sig = json.loads((artifact / SIGNATURE_NAME).read_text())
@@ -92,7 +106,9 @@ def test_signature_claiming_a_trusted_key_id_still_has_to_verify(artifact: Path,
         verify_artifact(artifact, [keypair.public])
 
 
-@pytest.mark.parametrize("content", [b"", b"{", b'{"keyId": "x"}', b'{"alg": "rsa", "keyId": "x", "signature": "AA=="}'])
+@pytest.mark.parametrize(
+    "content", [b"", b"{", b'{"keyId": "x"}', b'{"alg": "rsa", "keyId": "x", "signature": "AA=="}']
+)
 def test_malformed_signature_file(artifact: Path, keypair: KeyPair, content: bytes) -> None:
     (artifact / SIGNATURE_NAME).write_bytes(content)
     with pytest.raises(SignatureError, match=SIGNATURE_NAME):
@@ -114,7 +130,9 @@ def test_extra_and_missing_files_are_named(artifact: Path, keypair: KeyPair) -> 
         verify_artifact(artifact, [keypair.public])
     (artifact / "evil.py").unlink()
     (artifact / "tokenizer" / "vocab.txt").unlink()
-    with pytest.raises(ArtifactError, match="tokenizer/vocab.txt: listed in the manifest but missing"):
+    with pytest.raises(
+        ArtifactError, match="tokenizer/vocab.txt: listed in the manifest but missing"
+    ):
         verify_artifact(artifact, [keypair.public])
 
 

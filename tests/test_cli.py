@@ -11,16 +11,19 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from policies.source import parse_text
 
 from client.cli import app as client_app
 from edge_agent.cli import app as agent_app
 from fedge import __version__
+from policies.source import parse_text
 from server.cli import app as fedge_app
 from tests.conftest import EXAMPLES
 
 
-@pytest.mark.parametrize(("app", "prog"), [(fedge_app, "fedge"), (client_app, "fedge-client"), (agent_app, "fedge-agent")])
+@pytest.mark.parametrize(
+    ("app", "prog"),
+    [(fedge_app, "fedge"), (client_app, "fedge-client"), (agent_app, "fedge-agent")],
+)
 def test_help_and_version(cli, app, prog) -> None:
     result = cli(app, "--version")
     assert (result.code, result.out.strip()) == (0, f"{prog} {__version__}")
@@ -35,7 +38,14 @@ def test_help_and_version(cli, app, prog) -> None:
 
 
 def test_every_subcommand_has_help(cli) -> None:
-    for argv in (["policy", "validate"], ["policy", "schema"], ["keys", "generate"], ["artifact", "sign"], ["artifact", "verify"], ["demo"]):
+    for argv in (
+        ["policy", "validate"],
+        ["policy", "schema"],
+        ["keys", "generate"],
+        ["artifact", "sign"],
+        ["artifact", "verify"],
+        ["demo"],
+    ):
         result = cli(fedge_app, *argv, "--help")
         assert result.code == 0 and "Usage:" in result.out, argv
     for app, argv in ((client_app, ["inspect"]), (agent_app, ["check"]), (agent_app, ["verify"])):
@@ -81,7 +91,9 @@ def _run_console(*argv: str) -> subprocess.CompletedProcess[str]:
         (b"kind: caf\xe9\n", "not UTF-8 text (invalid byte at offset 9)"),
     ],
 )
-def test_unusable_files_get_one_line_and_exit_2(tmp_path: Path, content: bytes, expected: str) -> None:
+def test_unusable_files_get_one_line_and_exit_2(
+    tmp_path: Path, content: bytes, expected: str
+) -> None:
     path = tmp_path / "policy.yaml"
     path.write_bytes(content)
     result = _run_console("policy", "validate", str(path))
@@ -111,7 +123,10 @@ def test_missing_file_and_folder(cli, tmp_path: Path) -> None:
     assert f"{tmp_path}:1:1: is a folder, not a policy file" in result.err
 
 
-@pytest.mark.parametrize("kind", ["FederationPolicy", "PlacementPolicy", "RolloutPolicy", "CloudInventory", "AgentConfig"])
+@pytest.mark.parametrize(
+    "kind",
+    ["FederationPolicy", "PlacementPolicy", "RolloutPolicy", "CloudInventory", "AgentConfig"],
+)
 def test_schema_accepts_the_example_of_its_kind(cli, tmp_path: Path, kind: str) -> None:
     out = tmp_path / f"{kind}.json"
     assert cli(fedge_app, "policy", "schema", kind, "--out", out).code == 0
@@ -132,7 +147,9 @@ def test_schema_accepts_the_example_of_its_kind(cli, tmp_path: Path, kind: str) 
 def test_schema_of_unknown_kind(cli) -> None:
     result = cli(fedge_app, "policy", "schema", "Rollout")
     assert result.code == 2
-    assert result.err.strip() == "fedge: error: unknown kind 'Rollout' (did you mean 'RolloutPolicy'?)"
+    assert (
+        result.err.strip() == "fedge: error: unknown kind 'Rollout' (did you mean 'RolloutPolicy'?)"
+    )
 
 
 def test_keys_sign_verify_and_tamper(cli, tmp_path: Path) -> None:
@@ -147,15 +164,32 @@ def test_keys_sign_verify_and_tamper(cli, tmp_path: Path) -> None:
     artifact = tmp_path / "artifact"
     artifact.mkdir()
     (artifact / "model.onnx").write_bytes(os.urandom(1000))
-    signed = cli(fedge_app, "artifact", "sign", artifact, "--key", keys / "signing.key",
-                 "--name", "sentiment", "--version", "1.2.0", "--format", "onnx-int8", "--label", "app=s")
+    signed = cli(
+        fedge_app,
+        "artifact",
+        "sign",
+        artifact,
+        "--key",
+        keys / "signing.key",
+        "--name",
+        "sentiment",
+        "--version",
+        "1.2.0",
+        "--format",
+        "onnx-int8",
+        "--label",
+        "app=s",
+    )
     assert signed.code == 0, signed.err
     for trusted in (str(keys / "signing.pub"), inline):
         assert cli(fedge_app, "artifact", "verify", artifact, "--trusted", trusted).code == 0
 
     config = tmp_path / "agent.yaml"
-    config.write_text((EXAMPLES / "agent.yaml").read_text().replace(
-        "ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=", "keys/signing.pub"))
+    config.write_text(
+        (EXAMPLES / "agent.yaml")
+        .read_text()
+        .replace("ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=", "keys/signing.pub")
+    )
     assert cli(agent_app, "check", "--config", config).code == 0
     assert cli(agent_app, "verify", artifact, "--config", config).code == 0
 
@@ -167,7 +201,9 @@ def test_keys_sign_verify_and_tamper(cli, tmp_path: Path) -> None:
         cli(agent_app, "verify", artifact, "--config", config),
     ):
         assert result.code == 1
-        assert result.err.strip().startswith("fedge") and ": error: model.onnx: sha256" in result.err
+        assert (
+            result.err.strip().startswith("fedge") and ": error: model.onnx: sha256" in result.err
+        )
 
 
 def test_bad_label_flag(cli, tmp_path: Path) -> None:
@@ -175,8 +211,20 @@ def test_bad_label_flag(cli, tmp_path: Path) -> None:
     from fedge.signing import generate_keypair
 
     generate_keypair().save(tmp_path / "k")
-    result = cli(fedge_app, "artifact", "sign", tmp_path, "--key", tmp_path / "k" / "signing.key",
-                 "--name", "x", "--version", "1", "--label", "novalue")
+    result = cli(
+        fedge_app,
+        "artifact",
+        "sign",
+        tmp_path,
+        "--key",
+        tmp_path / "k" / "signing.key",
+        "--name",
+        "x",
+        "--version",
+        "1",
+        "--label",
+        "novalue",
+    )
     assert result.code == 2 and "--label 'novalue': expected KEY=VALUE" in result.err
 
 

@@ -27,17 +27,47 @@ ALLOWED: dict[str, set[str]] = {
     "policies": {"policies", "fedge", "yaml", "pydantic", "pydantic_core"},
     "cloud_adapters": {"cloud_adapters", "fedge", "policies", "libcloud"},
     "client": {
-        "client", "fedge", "policies", "flwr", "torch", "transformers", "peft", "opacus",
-        "tenseal", "numpy", "typer", "rich",
+        "client",
+        "fedge",
+        "policies",
+        "flwr",
+        "torch",
+        "transformers",
+        "peft",
+        "opacus",
+        "tenseal",
+        "numpy",
+        "typer",
+        "rich",
     },
     "server": {
-        "server", "fedge", "policies", "cloud_adapters", "edge_agent.protocol", "flwr",
-        "tenseal", "torch", "transformers", "peft", "onnx", "onnxruntime", "numpy", "paho",
-        "typer", "rich",
+        "server",
+        "fedge",
+        "policies",
+        "cloud_adapters",
+        "edge_agent.protocol",
+        "flwr",
+        "tenseal",
+        "torch",
+        "transformers",
+        "peft",
+        "onnx",
+        "onnxruntime",
+        "numpy",
+        "paho",
+        "typer",
+        "rich",
     },
     "edge_agent": {
-        "edge_agent", "fedge", "policies", "paho", "onnxruntime", "numpy", "tokenizers",
-        "typer", "rich",
+        "edge_agent",
+        "fedge",
+        "policies",
+        "paho",
+        "onnxruntime",
+        "numpy",
+        "tokenizers",
+        "typer",
+        "rich",
     },
 }
 HEAVY = ["torch", "flwr", "opacus", "transformers", "libcloud", "tenseal", "peft", "ray"]
@@ -50,17 +80,17 @@ def _imports(path: Path) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found.extend((node.lineno, alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.extend(
-                (node.lineno, f"{node.module}.{alias.name}") for alias in node.names
-            )
+            found.extend((node.lineno, f"{node.module}.{alias.name}") for alias in node.names)
     return found
 
 
 def _allowed(package: str, module: str, file: Path) -> bool:
-    top = module.split(".")[0]
+    top = module.split(".", maxsplit=1)[0]
     if top in STDLIB or top == "__future__":
         return True
-    rules = ALLOWED[package] | (KERNEL_CLI if file.name == "cli.py" and package == "fedge" else set())
+    rules = ALLOWED[package] | (
+        KERNEL_CLI if file.name == "cli.py" and package == "fedge" else set()
+    )
     return any(module == rule or module.startswith(rule + ".") for rule in rules)
 
 
@@ -87,13 +117,21 @@ def test_the_checker_catches_a_forbidden_import(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "modules",
-    [["fedge"], ["policies"], ["edge_agent", "edge_agent.cli"], ["fedge.cli", "server.cli"], ["client.cli"]],
+    [
+        ["fedge"],
+        ["policies"],
+        ["edge_agent", "edge_agent.cli"],
+        ["fedge.cli", "server.cli"],
+        ["client.cli"],
+    ],
 )
 def test_light_imports_load_no_heavy_library(modules: list[str]) -> None:
     """Runs in a fresh interpreter; meaningful because CI installs torch and flwr (checked)."""
     if os.environ.get("CI"):
         missing = [name for name in ("torch", "flwr", "libcloud") if find_spec(name) is None]
-        assert not missing, f"CI must install the heavy libraries this test guards against: {missing}"
+        assert not missing, (
+            f"CI must install the heavy libraries this test guards against: {missing}"
+        )
     code = (
         "import importlib, json, sys\n"
         f"for m in {modules!r}: importlib.import_module(m)\n"

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from fedge.errors import ArtifactError
 from fedge.manifest import FileEntry, Manifest, Provenance
 
-_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-.", min_size=1, max_size=12).filter(
-    lambda s: s not in (".", "..")
-)
+_names = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-.", min_size=1, max_size=12
+).filter(lambda s: s not in (".", ".."))
 _paths = st.lists(_names, min_size=1, max_size=3).map("/".join)
 _entries = st.builds(
     FileEntry,

@@ -35,7 +35,10 @@ _values = st.recursive(
     max_leaves=25,
 )
 _documents = st.fixed_dictionaries(
-    {"apiVersion": st.sampled_from(["fedge/v1", "fedge/v2", 1]), "kind": st.sampled_from([*KINDS, "Nope"])},
+    {
+        "apiVersion": st.sampled_from(["fedge/v1", "fedge/v2", 1]),
+        "kind": st.sampled_from([*KINDS, "Nope"]),
+    },
     optional={"metadata": _values, "spec": _values},
 )
 

@@ -36,7 +36,11 @@ def test_every_example_is_valid_and_loads() -> None:
     report = check_files(files)
     assert report.problems == []
     assert sorted(entry.document.kind for entry in report.documents) == [
-        "AgentConfig", "CloudInventory", "FederationPolicy", "PlacementPolicy", "RolloutPolicy",
+        "AgentConfig",
+        "CloudInventory",
+        "FederationPolicy",
+        "PlacementPolicy",
+        "RolloutPolicy",
     ]
 
 
@@ -60,7 +64,9 @@ def test_defaults_fill_an_almost_empty_spec() -> None:
 
 
 def test_yaml_1_2_scalars_exponents_are_numbers_and_no_is_a_string() -> None:
-    report = check_text(textwrap.dedent(FED).lstrip() + "  privacy: {delta: 1e-5}\n  roundTimeout: 1h30m\n")
+    report = check_text(
+        textwrap.dedent(FED).lstrip() + "  privacy: {delta: 1e-5}\n  roundTimeout: 1h30m\n"
+    )
     assert report.ok, report.problems
     doc = report.documents[0].document
     assert isinstance(doc, FederationPolicy)
@@ -73,15 +79,27 @@ def test_yaml_1_2_scalars_exponents_are_numbers_and_no_is_a_string() -> None:
 def test_strict_types_refuse_quoted_numbers_and_yes() -> None:
     found = problems(FED + "  rounds: '3'\n  training: {localEpochs: yes}\n")
     assert "p.yaml:5:11: spec.rounds: Input should be a valid integer (got '3')" in found
-    assert "p.yaml:6:27: spec.training.localEpochs: Input should be a valid integer (got 'yes')" in found
+    assert (
+        "p.yaml:6:27: spec.training.localEpochs: Input should be a valid integer (got 'yes')"
+        in found
+    )
 
 
 @pytest.mark.parametrize(
     ("head", "expected"),
     [
-        ("apiVersion: fedge/v2\nkind: FederationPolicy\n", "p.yaml:1:13: apiVersion: unknown apiVersion 'fedge/v2' (supported: fedge/v1)"),
-        ("apiVersion: fedge/v1\nkind: FederationPolice\n", "p.yaml:2:7: kind: unknown kind 'FederationPolice' (did you mean 'FederationPolicy'?)"),
-        ("kind: FederationPolicy\n", "p.yaml:1:1: apiVersion: required field is missing (write apiVersion: fedge/v1)"),
+        (
+            "apiVersion: fedge/v2\nkind: FederationPolicy\n",
+            "p.yaml:1:13: apiVersion: unknown apiVersion 'fedge/v2' (supported: fedge/v1)",
+        ),
+        (
+            "apiVersion: fedge/v1\nkind: FederationPolice\n",
+            "p.yaml:2:7: kind: unknown kind 'FederationPolice' (did you mean 'FederationPolicy'?)",
+        ),
+        (
+            "kind: FederationPolicy\n",
+            "p.yaml:1:1: apiVersion: required field is missing (write apiVersion: fedge/v1)",
+        ),
     ],
 )
 def test_envelope_problems(head: str, expected: str) -> None:
@@ -115,18 +133,25 @@ def test_inline_secrets_are_refused_without_echoing_them() -> None:
 
 
 def test_password_in_broker_is_an_inline_secret() -> None:
-    text = (EXAMPLES_DIR / "agent.yaml").read_text().replace(
-        "passwordRef: {file: device.password}", "password: hunter22"
+    text = (
+        (EXAMPLES_DIR / "agent.yaml")
+        .read_text()
+        .replace("passwordRef: {file: device.password}", "password: hunter22")
     )
     found = [str(p) for p in check_text(text, name="a.yaml").problems]
     assert len(found) == 1
-    assert "spec.broker.password: inline secret where a secretRef belongs (use passwordRef:" in found[0]
+    assert (
+        "spec.broker.password: inline secret where a secretRef belongs (use passwordRef:"
+        in found[0]
+    )
     assert "hunter22" not in found[0]
 
 
 def test_secret_ref_needs_exactly_one_source() -> None:
-    text = (EXAMPLES_DIR / "agent.yaml").read_text().replace(
-        "passwordRef: {file: device.password}", "passwordRef: {file: a, env: B}"
+    text = (
+        (EXAMPLES_DIR / "agent.yaml")
+        .read_text()
+        .replace("passwordRef: {file: device.password}", "passwordRef: {file: a, env: B}")
     )
     found = [str(p) for p in check_text(text, name="a.yaml").problems]
     assert len(found) == 1
@@ -136,12 +161,17 @@ def test_secret_ref_needs_exactly_one_source() -> None:
 def test_duplicate_keys_and_non_mapping_documents() -> None:
     found = problems(FED + "  rounds: 2\n  rounds: 3\n---\n- just\n- a list\n")
     assert "p.yaml:6:3: spec.rounds: duplicate key (first given at line 5)" in found
-    assert "p.yaml:8:1: a policy document must be a mapping (with apiVersion, kind, metadata, spec)" in found
+    assert (
+        "p.yaml:8:1: a policy document must be a mapping (with apiVersion, kind, metadata, spec)"
+        in found
+    )
 
 
 def test_unknown_field_far_from_any_name_lists_the_choices() -> None:
     found = problems(FED + "  zzz: 1\n")
-    assert found[0].startswith("p.yaml:5:3: spec.zzz: unknown field 'zzz' (expected one of: model, rounds,")
+    assert found[0].startswith(
+        "p.yaml:5:3: spec.zzz: unknown field 'zzz' (expected one of: model, rounds,"
+    )
 
 
 def test_cross_field_rules() -> None:
@@ -154,9 +184,12 @@ def test_cross_field_rules() -> None:
 
 def test_placement_rules_and_cross_document_preference() -> None:
     inventory = (EXAMPLES_DIR / "inventory.yaml").read_text()
-    placement = (EXAMPLES_DIR / "placement.yaml").read_text().replace(
-        "preference: [eu-s3, eu-azure]", "preference: [eu-s3, eu-s4, eu-s3]"
-    ).replace("min: 2", "min: 3")
+    placement = (
+        (EXAMPLES_DIR / "placement.yaml")
+        .read_text()
+        .replace("preference: [eu-s3, eu-azure]", "preference: [eu-s3, eu-s4, eu-s3]")
+        .replace("min: 2", "min: 3")
+    )
     found = [str(p) for p in check_text(inventory + "---\n" + placement, name="x.yaml").problems]
     joined = "\n".join(found)
     assert "spec.replicas.min: min (3) exceeds max (2)" in joined
@@ -180,7 +213,10 @@ def test_inventory_rules() -> None:
     joined = "\n".join(problems(text))
     assert "spec.targets[0]: a s3 target needs a container" in joined
     assert "spec.targets[0]: a s3 target needs credentials" in joined
-    assert "spec.targets[0].endpoint: plain http to a host off this machine: TLS is required (use https://)" in joined
+    assert (
+        "spec.targets[0].endpoint: plain http to a host off this machine: TLS is required (use https://)"
+        in joined
+    )
     assert "spec.targets[1].name: target name 'a' is used twice" in joined
     assert "spec.targets[1]: a local target needs a path" in joined
     assert "targets[2]" not in joined  # loopback http is fine (test endpoints)
@@ -188,7 +224,9 @@ def test_inventory_rules() -> None:
 
 def test_agent_rules() -> None:
     text = (EXAMPLES_DIR / "agent.yaml").read_text()
-    text = text.replace("enabled: true", "enabled: false").replace("    username: clinic-a-01\n", "")
+    text = text.replace("enabled: true", "enabled: false").replace(
+        "    username: clinic-a-01\n", ""
+    )
     text = text.replace("ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=", "ed25519:AAAA")
     joined = "\n".join(str(p) for p in check_text(text, name="a.yaml").problems)
     assert "spec.broker.tls.enabled: TLS is off for a broker off this machine" in joined
@@ -197,7 +235,11 @@ def test_agent_rules() -> None:
 
 
 def test_device_ids_must_be_topic_safe() -> None:
-    text = (EXAMPLES_DIR / "agent.yaml").read_text().replace("deviceId: clinic-a-01", "deviceId: 'a/+/#'")
+    text = (
+        (EXAMPLES_DIR / "agent.yaml")
+        .read_text()
+        .replace("deviceId: clinic-a-01", "deviceId: 'a/+/#'")
+    )
     found = [str(p) for p in check_text(text, name="a.yaml").problems]
     assert len(found) == 1 and "spec.deviceId: 'a/+/#' is not of the required form" in found[0]
 
