@@ -96,7 +96,9 @@ def run(app: typer.Typer, prog: str, argv: list[str] | None = None) -> NoReturn:
     except PolicyError as exc:
         for problem in exc.problems:
             err.print(str(problem), markup=False)
-        fail(prog, f"{len(exc.problems)} problem(s) found", exc.exit_code)
+        if len(exc.problems) == 1:  # the located line says it all
+            raise SystemExit(exc.exit_code) from None
+        fail(prog, f"{len(exc.problems)} problems found", exc.exit_code)
     except FedgeError as exc:
         fail(prog, str(exc), exc.exit_code)
     except click.exceptions.NoArgsIsHelpError as exc:

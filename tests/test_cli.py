@@ -72,7 +72,7 @@ def test_validate_prints_every_problem_and_exits_2(cli, tmp_path: Path) -> None:
         f"{bad}:6:12: spec.canary.device: unknown field 'device' (did you mean 'devices'?)",
         f"{bad}:7:26: spec.health.maxErrorRate: Input should be less than or equal to 1 (got 2)",
     ]
-    assert lines[3] == "fedge: error: 3 problem(s) found"
+    assert lines[3:] == ["fedge: error: 3 problems found"]
 
 
 def _run_console(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -99,7 +99,7 @@ def test_unusable_files_get_one_line_and_exit_2(
     result = _run_console("policy", "validate", str(path))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith(f"{path}:") and expected in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith(f"{path}:") and expected in lines[0], lines
     assert "Traceback" not in result.stderr + result.stdout
 
 
@@ -109,10 +109,10 @@ def test_a_50_mb_file_is_refused_without_reading_it(tmp_path: Path) -> None:
         handle.truncate(50 * 1000 * 1000)  # sparse: 50 MB on paper
     result = _run_console("policy", "validate", str(path))
     assert result.returncode == 2
-    assert result.stderr.splitlines()[0] == (
+    assert result.stderr.splitlines() == [
         f"{path}:1:1: file is 50.0 MB, over the 4 MiB limit for a policy file "
         "(policy files are small text documents)"
-    )
+    ]
     assert "Traceback" not in result.stderr
 
 
