@@ -132,13 +132,19 @@ def test_inline_secrets_are_refused_without_echoing_them() -> None:
     assert not any("AKIA" in p or "wJalr" in p for p in found)
 
 
+def example_problems(example: str, *edits: tuple[str, str]) -> list[str]:
+    """Problems of an example file after textual edits (each edit must apply)."""
+    text = (EXAMPLES_DIR / example).read_text()
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    return [str(p) for p in check_text(text, name=example).problems]
+
+
 def test_password_in_broker_is_an_inline_secret() -> None:
-    text = (
-        (EXAMPLES_DIR / "agent.yaml")
-        .read_text()
-        .replace("passwordRef: {file: device.password}", "password: hunter22")
+    found = example_problems(
+        "agent.yaml", ("passwordRef: {file: device.password}", "password: hunter22")
     )
-    found = [str(p) for p in check_text(text, name="a.yaml").problems]
     assert len(found) == 1
     assert (
         "spec.broker.password: inline secret where a secretRef belongs (use passwordRef:"
@@ -148,12 +154,9 @@ def test_password_in_broker_is_an_inline_secret() -> None:
 
 
 def test_secret_ref_needs_exactly_one_source() -> None:
-    text = (
-        (EXAMPLES_DIR / "agent.yaml")
-        .read_text()
-        .replace("passwordRef: {file: device.password}", "passwordRef: {file: a, env: B}")
+    found = example_problems(
+        "agent.yaml", ("passwordRef: {file: device.password}", "passwordRef: {file: a, env: B}")
     )
-    found = [str(p) for p in check_text(text, name="a.yaml").problems]
     assert len(found) == 1
     assert "spec.broker.passwordRef: give exactly one of env or file" in found[0]
 
@@ -223,24 +226,21 @@ def test_inventory_rules() -> None:
 
 
 def test_agent_rules() -> None:
-    text = (EXAMPLES_DIR / "agent.yaml").read_text()
-    text = text.replace("enabled: true", "enabled: false").replace(
-        "    username: clinic-a-01\n", ""
+    joined = "\n".join(
+        example_problems(
+            "agent.yaml",
+            ("enabled: true", "enabled: false"),
+            ("    username: clinic-a-01\n", ""),
+            ("ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=", "ed25519:AAAA"),
+        )
     )
-    text = text.replace("ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=", "ed25519:AAAA")
-    joined = "\n".join(str(p) for p in check_text(text, name="a.yaml").problems)
     assert "spec.broker.tls.enabled: TLS is off for a broker off this machine" in joined
     assert "spec.broker.username: passwordRef is set but username is not" in joined
     assert "spec.trustedKeys[0]: not an Ed25519 public key" in joined
 
 
 def test_device_ids_must_be_topic_safe() -> None:
-    text = (
-        (EXAMPLES_DIR / "agent.yaml")
-        .read_text()
-        .replace("deviceId: clinic-a-01", "deviceId: 'a/+/#'")
-    )
-    found = [str(p) for p in check_text(text, name="a.yaml").problems]
+    found = example_problems("agent.yaml", ("deviceId: clinic-a-01", "deviceId: 'a/+/#'"))
     assert len(found) == 1 and "spec.deviceId: 'a/+/#' is not of the required form" in found[0]
 
 
