@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import torch
 from opacus import PrivacyEngine
-from opacus.accountants.utils import get_noise_multiplier
 from opacus.grad_sample import GradSampleModule
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import PreTrainedTokenizerBase
 
+from client.ledger import Accountant, Mechanism, noise_for_budget
 from fedge.errors import UsageError
 
 __all__ = [
@@ -73,11 +73,13 @@ class RoundPlan:
 
     @property
     def sample_rate(self) -> float:
-        return min(1.0, self.batch_size / self.num_examples)
+        # What Opacus's make_private uses (1 / batches per epoch), so the ledger's price equals
+        # the engine's own accounting even when the examples do not divide into whole batches.
+        return 1.0 / math.ceil(self.num_examples / self.batch_size)
 
     @property
     def steps(self) -> int:
-        return self.epochs * max(1, math.ceil(1.0 / self.sample_rate))
+        return self.epochs * math.ceil(self.num_examples / self.batch_size)
 
 
 def plan_round(
@@ -89,26 +91,30 @@ def plan_round(
     rounds: int,
     target_epsilon: float,
     delta: float,
-    accountant: str,
+    accountant: Accountant,
     noise_multiplier: float | None = None,
+    history: Sequence[Mechanism] = (),
 ) -> RoundPlan:
     """The round's plan; without a fixed noise multiplier, the one that spreads the budget evenly.
 
-    The noise is chosen so that ``rounds`` rounds of this plan spend ``target_epsilon``: each
-    round then costs about the same, and the ledger can admit exactly the rounds the policy planned.
+    The noise is chosen so that ``history`` (what the ledger already holds) plus ``rounds``
+    rounds of this plan spend ``target_epsilon``: each round then costs about the same, and the
+    ledger can admit exactly the rounds still planned.
     """
     if num_examples < 1:
         raise UsageError("the data holder has no training examples")
     plan = RoundPlan(num_examples, batch_size, epochs, noise_multiplier or 1.0, max_grad_norm)
     if noise_multiplier is None:
-        sigma = get_noise_multiplier(
+        sigma = noise_for_budget(
             target_epsilon=target_epsilon,
-            target_delta=delta,
+            delta=delta,
             sample_rate=plan.sample_rate,
-            steps=plan.steps * rounds,
+            steps_per_round=plan.steps,
+            rounds=rounds,
             accountant=accountant,
+            history=history,
         )
-        plan = RoundPlan(num_examples, batch_size, epochs, float(sigma), max_grad_norm)
+        plan = RoundPlan(num_examples, batch_size, epochs, sigma, max_grad_norm)
     return plan
 
 
