@@ -185,7 +185,7 @@ def partition_indices(
     """
     _check_options(num_clients, alpha, heldout_fraction)
     _check_count(len(labels), num_clients)
-    rng = random.Random(seed)  # noqa: S311 - a reproducible split, not a secret
+    rng = random.Random(seed)
     kept, heldout = _take_heldout(labels, heldout_fraction, rng)
     if len(kept) < num_clients:
         raise UsageError(

@@ -111,7 +111,7 @@ _DOMAIN_WORD: Final = 0.12  # chance that it is one of the client's own domain w
 def _rng(*parts: object) -> random.Random:
     """A stream named by ``parts``: string seeds hash with SHA-512, stable across machines."""
     name = ":".join(["fedge-synthetic", *map(str, parts)])
-    return random.Random(name)  # noqa: S311 - demo data, not a secret
+    return random.Random(name)
 
 
 @dataclass(frozen=True, slots=True)

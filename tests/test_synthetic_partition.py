@@ -164,7 +164,7 @@ def test_apportion_sums_exactly_and_stays_within_one_of_the_exact_share(
 def test_dirichlet_draws_are_distributions_even_when_gamma_underflows(
     alpha: float, size: int, seed: int
 ) -> None:
-    draw = sample_dirichlet(random.Random(seed), alpha, size)  # noqa: S311 - test draws
+    draw = sample_dirichlet(random.Random(seed), alpha, size)
     assert len(draw) == size
     assert all(p >= 0 for p in draw)
     assert math.isclose(math.fsum(draw), 1.0)

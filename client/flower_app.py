@@ -1,0 +1,366 @@
+"""fedge's Flower ClientApp: train and evaluate on the data holder's own data, inside its budget.
+
+The same app runs in the simulation engine (settings from a closure, one virtual node per
+partition) and in the Deployment Engine (settings from the SuperNode's ``--node-config``). The
+model, tokenizer and tokenized data are cached at module level, so a long-lived ClientApp process
+pays the torch/transformers start-up once, not every round.
+
+Privacy order of operations: price the round with the ledger, refuse it if it does not fit
+(reply ``declined`` with the reason; the ledger is untouched), train, store the update, charge the
+ledger, and only then reply. A retried round (the coordinator restarted) gets the stored update
+again: re-sending the same output costs no extra privacy; training again would.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch.utils.data import TensorDataset
+
+from client.data import LabelledData, load_labelled
+from client.ledger import PrivacyLedger
+from client.model import TrainableModel, get_trainable, load_trainable_model, set_trainable
+from client.training import encode, evaluate, pick_device, plan_round, train_round
+from fedge import messages as m
+from fedge.atomic import atomic_write_bytes
+from fedge.errors import BudgetExceededError, FedgeError, UsageError
+from fedge.logs import get_logger
+from policies import FederationPolicy, check_text, load_one
+
+__all__ = ["ClientSettings", "app", "make_client_app", "settings_from_context"]
+
+log = get_logger(__name__)
+Arrays = dict[str, npt.NDArray[Any]]
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """The data holder's side of things: who it is, its data, its state, its own policy."""
+
+    name: str
+    data_path: Path
+    state_dir: Path
+    policy: FederationPolicy | None = None  # the holder's budget; None: accept the coordinator's
+    eval_fraction: float = 0.2
+    seed: int = 0
+
+
+def settings_from_context(context: Context) -> ClientSettings:
+    """Deployment Engine: ``--node-config``; simulation: partition id plus the run config."""
+    if "partition-id" in context.node_config and "data-dir" in context.run_config:
+        return _simulated_settings(context)
+    config = context.node_config
+    try:
+        data_path = Path(str(config["data-path"]))
+        state_dir = Path(str(config["state-dir"]))
+    except KeyError as exc:
+        raise UsageError(f"node config: {exc.args[0]} is required") from exc
+    policy_path = config.get("policy-path")
+    policy = load_one(str(policy_path), FederationPolicy) if policy_path else None
+    return ClientSettings(
+        name=str(config.get("client-name", f"node-{context.node_id}")),
+        data_path=data_path,
+        state_dir=state_dir,
+        policy=policy,
+        eval_fraction=float(str(config.get("eval-fraction", 0.2))),
+    )
+
+
+def _simulated_settings(context: Context) -> ClientSettings:
+    """A virtual client of ``fedge train --simulate``: partition N reads client-NN.tsv."""
+    from client.partition import client_file_name
+
+    index = int(str(context.node_config["partition-id"]))
+    total = int(str(context.node_config["num-partitions"]))
+    name = client_file_name(index, total, "tsv").removesuffix(".tsv")
+    return ClientSettings(
+        name=name,
+        data_path=Path(str(context.run_config["data-dir"])) / f"{name}.tsv",
+        state_dir=Path(str(context.run_config["state-dir"])) / name,
+    )
+
+
+@dataclass
+class _Prepared:
+    model: TrainableModel
+    train: TensorDataset
+    eval: TensorDataset
+
+
+_cache: dict[tuple[Any, ...], Any] = {}
+
+
+def _quiet() -> None:
+    # Progress bars and load reports from transformers would drown the federation's own logs.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    warnings.filterwarnings("ignore", module="opacus")
+    warnings.filterwarnings("ignore", message=".*Full backward hook.*")
+    logging.getLogger("opacus").setLevel(logging.ERROR)
+
+
+def _split(data: LabelledData, *, fraction: float, seed: int) -> tuple[LabelledData, LabelledData]:
+    order = list(range(len(data)))
+    random.Random(f"eval:{seed}").shuffle(order)
+    cut = int(len(order) * fraction) if len(order) > 1 else 0
+    return data.subset(sorted(order[cut:])), data.subset(sorted(order[:cut]))
+
+
+def _prepare(settings: ClientSettings, policy: FederationPolicy) -> _Prepared:
+    """Model and data for ``policy``'s model section (the holder's own copy: its local paths)."""
+    spec = policy.spec
+    model_key = ("model", spec.model.source, spec.model.num_labels, spec.lora.model_dump_json())
+    if model_key not in _cache:
+        _quiet()
+        _cache[model_key] = load_trainable_model(
+            spec.model.source, num_labels=spec.model.num_labels, lora=spec.lora, seed=settings.seed
+        )
+    model: TrainableModel = _cache[model_key]
+    stat = settings.data_path.stat() if settings.data_path.exists() else None
+    data_key = (
+        "data",
+        str(settings.data_path),
+        stat and stat.st_mtime_ns,
+        spec.model.model_dump_json(),
+        settings.eval_fraction,
+    )
+    if data_key not in _cache:
+        data = load_labelled(settings.data_path, num_labels=spec.model.num_labels)
+        train, held = _split(data, fraction=settings.eval_fraction, seed=settings.seed)
+        length = spec.model.max_length
+        _cache[data_key] = (
+            encode(model.tokenizer, train.texts, train.labels, max_length=length),
+            encode(model.tokenizer, held.texts, held.labels, max_length=length),
+        )
+    train_ds, eval_ds = _cache[data_key]
+    return _Prepared(model=model, train=train_ds, eval=eval_ds)
+
+
+def _coordinator_policy(message: Message) -> FederationPolicy:
+    text = str(message.content.config_records[m.CONFIG][m.POLICY])
+    report = check_text(text, name="coordinator policy")
+    report.raise_for_problems()
+    policy = report.documents[0].document
+    if not isinstance(policy, FederationPolicy):
+        raise UsageError("the coordinator sent a policy that is not a FederationPolicy")
+    return policy
+
+
+def _arrays(message: Message) -> Arrays:
+    return {k: v.numpy() for k, v in message.content.array_records[m.ARRAYS].items()}
+
+
+def _record(arrays: Arrays) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def _reply(
+    message: Message,
+    settings: ClientSettings,
+    metrics: dict[str, int | float],
+    *,
+    arrays: Arrays | None = None,
+    reason: str | None = None,
+) -> Message:
+    content = RecordDict({m.METRICS: MetricRecord(metrics)})  # type: ignore[arg-type]
+    if arrays is not None:
+        content[m.ARRAYS] = _record(arrays)
+    info: dict[str, str] = {m.CLIENT: settings.name}
+    if reason is not None:
+        info[m.REASON] = reason
+    content[m.INFO] = ConfigRecord(info)  # type: ignore[arg-type]
+    return Message(content, reply_to=message)
+
+
+def _update_path(settings: ClientSettings, run_id: str, round_: int) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+    return settings.state_dir / "updates" / f"{safe}-round-{round_:06d}.npz"
+
+
+def _save_update(path: Path, arrays: Arrays, metrics: dict[str, int | float]) -> None:
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        allow_pickle=False,
+        **{f"a/{k}": v for k, v in arrays.items()},
+        **{f"m/{k}": np.asarray(v) for k, v in metrics.items()},
+    )
+    atomic_write_bytes(path, buffer.getvalue(), mode=0o600)
+
+
+def _load_update(path: Path) -> tuple[Arrays, dict[str, int | float]]:
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k[2:]: npz[k] for k in npz.files if k.startswith("a/")}
+        metrics = {k[2:]: npz[k].item() for k in npz.files if k.startswith("m/")}
+    return arrays, metrics
+
+
+def _train(message: Message, settings: ClientSettings) -> Message:
+    config = message.content.config_records[m.CONFIG]
+    round_, rounds, run_id = (
+        int(str(config[m.ROUND])),
+        int(str(config[m.ROUNDS])),
+        str(config[m.RUN_ID]),
+    )
+    coordinator = _coordinator_policy(message)
+    own = settings.policy or coordinator
+    ledger = PrivacyLedger.for_policy(settings.state_dir, own)
+    stored = _update_path(settings, run_id, round_)
+    if ledger.charged(round=round_, run_id=run_id) is not None:
+        if stored.exists():
+            sent_arrays, sent_metrics = _load_update(stored)
+            log.info(
+                "round %d of run %s was charged already: re-sending its update", round_, run_id
+            )
+            return _reply(message, settings, sent_metrics, arrays=sent_arrays)
+        return _decline(
+            message, settings, ledger, "this round was already charged and its update is lost"
+        )
+    prepared = _prepare(settings, own)
+    training, privacy = coordinator.spec.training, own.spec.privacy
+    try:
+        plan = plan_round(
+            num_examples=len(prepared.train),
+            batch_size=training.batch_size,
+            epochs=training.local_epochs,
+            max_grad_norm=privacy.max_grad_norm,
+            rounds=max(1, rounds - round_ + 1),
+            target_epsilon=privacy.target_epsilon,
+            delta=privacy.delta,
+            accountant=privacy.accountant,
+            noise_multiplier=privacy.noise_multiplier,
+            history=ledger.history(),
+        )
+        before = ledger.spent()
+        ledger.check(
+            round=round_,
+            run_id=run_id,
+            noise_multiplier=plan.noise_multiplier,
+            sample_rate=plan.sample_rate,
+            steps=plan.steps,
+        )
+    except (BudgetExceededError, UsageError) as exc:
+        return _decline(message, settings, ledger, str(exc))
+    set_trainable(prepared.model.model, _arrays(message))
+    result = train_round(
+        prepared.model.model,
+        prepared.train,
+        plan,
+        learning_rate=training.learning_rate,
+        max_physical_batch_size=training.max_physical_batch_size,
+        device=pick_device(),
+        seed=settings.seed + round_,
+    )
+    update = get_trainable(prepared.model.model)
+    charge_preview = ledger.quote(
+        noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=plan.steps
+    )
+    metrics: dict[str, int | float] = {
+        m.NUM_EXAMPLES: result.num_examples,
+        m.TRAIN_LOSS: result.loss,
+        m.TRAIN_SECONDS: result.seconds,
+        m.EPSILON: charge_preview,
+        m.EPSILON_ROUND: charge_preview - before,
+        m.NOISE_MULTIPLIER: plan.noise_multiplier,
+        m.STEPS: plan.steps,
+        m.DECLINED: 0,
+    }
+    _save_update(stored, update, metrics)
+    charge = ledger.record(
+        round=round_,
+        run_id=run_id,
+        noise_multiplier=plan.noise_multiplier,
+        sample_rate=plan.sample_rate,
+        steps=plan.steps,
+    )
+    metrics[m.EPSILON] = charge.epsilon_after
+    return _reply(message, settings, metrics, arrays=update)
+
+
+def _decline(
+    message: Message, settings: ClientSettings, ledger: PrivacyLedger, reason: str
+) -> Message:
+    log.warning("declining the round: %s", reason)
+    metrics: dict[str, int | float] = {m.DECLINED: 1, m.NUM_EXAMPLES: 0, m.EPSILON: ledger.spent()}
+    return _reply(message, settings, metrics, reason=reason)
+
+
+def _evaluate(message: Message, settings: ClientSettings) -> Message:
+    prepared = _prepare(settings, settings.policy or _coordinator_policy(message))
+    set_trainable(prepared.model.model, _arrays(message))
+    scores = evaluate(prepared.model.model, prepared.eval, device=pick_device())
+    if scores.num_examples == 0:
+        return _reply(
+            message, settings, {m.DECLINED: 1, m.NUM_EXAMPLES: 0}, reason="no held-out examples"
+        )
+    metrics: dict[str, int | float] = {
+        m.NUM_EXAMPLES: scores.num_examples,
+        m.EVAL_LOSS: scores.loss,
+        m.EVAL_ACCURACY: scores.accuracy,
+        m.DECLINED: 0,
+    }
+    return _reply(message, settings, metrics)
+
+
+def _initial(message: Message, settings: ClientSettings) -> Message:
+    spec = (settings.policy or _coordinator_policy(message)).spec
+    # A fresh model from the seed, not the warm one: its weights may have moved in earlier runs.
+    _quiet()
+    fresh = load_trainable_model(
+        spec.model.source, num_labels=spec.model.num_labels, lora=spec.lora, seed=settings.seed
+    )
+    content = RecordDict({m.ARRAYS: _record(get_trainable(fresh.model))})
+    content[m.INFO] = ConfigRecord({m.CLIENT: settings.name})
+    return Message(content, reply_to=message)
+
+
+def _guarded(
+    handler: Callable[[Message, ClientSettings], Message],
+    resolve: Callable[[Context], ClientSettings],
+) -> Callable[[Message, Context], Message]:
+    def run(message: Message, context: Context) -> Message:
+        try:
+            settings = resolve(context)
+        except FedgeError as exc:
+            log.error("client settings: %s", exc)
+            unknown = ClientSettings(f"node-{context.node_id}", Path(), Path())
+            return _reply(message, unknown, {m.DECLINED: 1, m.NUM_EXAMPLES: 0}, reason=str(exc))
+        try:
+            return handler(message, settings)
+        except FedgeError as exc:
+            # The data holder's problem (bad data file, missing model) is its own to see in its
+            # log; the coordinator gets the one-line reason as a declined round.
+            log.error("%s: %s", settings.name, exc)
+            metrics: dict[str, int | float] = {m.DECLINED: 1, m.NUM_EXAMPLES: 0}
+            return _reply(message, settings, metrics, reason=str(exc))
+
+    return run
+
+
+def make_client_app(
+    resolve: Callable[[Context], ClientSettings] = settings_from_context,
+) -> ClientApp:
+    """A ClientApp whose settings come from ``resolve`` (node config by default)."""
+    client_app = ClientApp()
+    client_app.train()(_guarded(_train, resolve))
+    client_app.evaluate()(_guarded(_evaluate, resolve))
+    client_app.query(m.QUERY_INIT)(_guarded(_initial, resolve))
+    return client_app
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+app = make_client_app()

@@ -1,0 +1,60 @@
+"""The contract between fedge's ServerApp and ClientApp: record names and keys in Flower messages.
+
+Both sides import these names from the kernel (they may not import each other), so a renamed key
+is a change in one place that both apps and the tests see.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ARRAYS",
+    "CLIENT",
+    "CONFIG",
+    "DECLINED",
+    "EPSILON",
+    "EPSILON_ROUND",
+    "EVAL_ACCURACY",
+    "EVAL_LOSS",
+    "INFO",
+    "METRICS",
+    "NOISE_MULTIPLIER",
+    "NUM_EXAMPLES",
+    "POLICY",
+    "QUERY_INIT",
+    "REASON",
+    "ROUND",
+    "ROUNDS",
+    "RUN_ID",
+    "STEPS",
+    "TRAIN_LOSS",
+    "TRAIN_SECONDS",
+]
+
+# Record names inside a message's RecordDict.
+ARRAYS = "arrays"  # ArrayRecord: the adapter and head weights
+CONFIG = "config"  # ConfigRecord, server -> client: what to do this round
+METRICS = "metrics"  # MetricRecord, client -> server: numbers only
+INFO = "info"  # ConfigRecord, client -> server: who replied, and why it declined
+
+# Server -> client config keys.
+ROUND = "round"
+ROUNDS = "rounds"
+RUN_ID = "run-id"
+POLICY = "policy"  # the coordinator's FederationPolicy as YAML; the client validates it
+QUERY_INIT = "fedge_init"  # query: reply with the initial adapter and head
+
+# Client -> server metric keys.
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+TRAIN_SECONDS = "train-seconds"
+EPSILON = "epsilon"  # total spent by this client in this budget, after the round
+EPSILON_ROUND = "epsilon-round"
+NOISE_MULTIPLIER = "noise-multiplier"
+STEPS = "steps"
+DECLINED = "declined"  # 1 when the client refused the round (its budget, its data)
+EVAL_LOSS = "eval-loss"
+EVAL_ACCURACY = "eval-accuracy"
+
+# Client -> server info keys.
+CLIENT = "client"  # the data holder's stable name (Flower node ids change across restarts)
+REASON = "reason"

@@ -1,0 +1,353 @@
+"""The federated run: rounds of training and evaluation over a Flower Grid, resumable.
+
+The Grid is the I/O boundary (the simulation engine and the Deployment Engine both hand one to
+the ServerApp); everything else here is bookkeeping. Each round samples clients, pushes the
+global adapter, and pulls replies until every sampled client answered, or the round timeout
+passed, or the minimum answered and the stragglers had a grace period: a dropped client never
+stalls a round once the minimum replied. Declines (a client's budget or data said no) and broken
+replies are counted and left out of the aggregate. After each round a metrics line and a
+checkpoint are written, so a coordinator killed mid-run resumes at the next round.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+
+from fedge import messages as m
+from fedge.errors import FederationError
+from fedge.logs import get_logger
+from policies import FederationPolicy
+from server.checkpoint import Checkpoint, CheckpointStore
+from server.metrics import MetricsLog
+from server.strategy import make_strategy, restore_strategy_state, strategy_state
+
+__all__ = ["RoundReport", "RunSettings", "collect_replies", "run_federation"]
+
+log = get_logger(__name__)
+Arrays = dict[str, npt.NDArray[Any]]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the ServerApp needs: the policy (parsed and as sent), where to write, which run."""
+
+    policy: FederationPolicy
+    policy_text: str
+    workdir: Path
+    run_id: str
+    seed: int = 0
+    poll_interval: float = 0.1
+    node_wait: float = 120.0
+
+
+@dataclass
+class RoundReport:
+    """One line of ``metrics.jsonl``."""
+
+    round: int
+    status: str  # "ok", or "skipped" when fewer than the minimum replied usefully
+    clients: list[str] = field(default_factory=list)
+    declined: dict[str, str] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    eval_accuracy: float | None = None
+    eval_clients: int = 0
+    epsilon: dict[str, float] = field(default_factory=dict)
+    num_examples: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    train_seconds: float = 0.0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _to_record(arrays: Mapping[str, npt.NDArray[Any]]) -> ArrayRecord:
+    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
+
+
+def _to_arrays(record: ArrayRecord) -> Arrays:
+    return {name: array.numpy() for name, array in record.items()}
+
+
+def _record_bytes(record: ArrayRecord) -> int:
+    return sum(len(array.data) for array in record.values())
+
+
+def collect_replies(
+    grid: Grid,
+    messages: Sequence[Message],
+    *,
+    minimum: int,
+    timeout: float,
+    useful: Callable[[Message], bool],
+    poll_interval: float = 0.1,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[Message]:
+    """Push ``messages`` and pull replies until all came, the timeout, or minimum + grace.
+
+    The grace period after the minimum is a quarter of the time the minimum took (at least one
+    poll): fast federations stay fast, slow ones give slower peers a proportionate chance.
+    """
+    ids = list(grid.push_messages(messages))
+    pending, replies = set(ids), []
+    started = clock()
+    minimum_at: float | None = None
+    while pending:
+        for reply in grid.pull_messages(list(pending)):
+            pending.discard(reply.metadata.reply_to_message_id)
+            replies.append(reply)
+        now = clock()
+        if minimum_at is None and sum(1 for r in replies if useful(r)) >= minimum:
+            minimum_at = now
+        if not pending or now - started >= timeout:
+            break
+        if minimum_at is not None and now - minimum_at >= max(
+            poll_interval, (minimum_at - started) / 4
+        ):
+            break
+        time.sleep(poll_interval)
+    if pending:
+        log.info("closing with %d of %d replies (%d pending)", len(replies), len(ids), len(pending))
+    return replies
+
+
+def _number(record: MetricRecord, key: str, default: float = 0.0) -> float:
+    value = record.get(key, default)
+    return float(value) if isinstance(value, int | float) else default
+
+
+def _client_name(reply: Message) -> str:
+    info = reply.content.config_records.get(m.INFO) if reply.has_content() else None
+    if info is not None and isinstance(info.get(m.CLIENT), str):
+        return str(info[m.CLIENT])
+    return f"node-{reply.metadata.src_node_id}"
+
+
+def _is_accepted(reply: Message) -> bool:
+    if reply.has_error() or not reply.has_content():
+        return False
+    metrics = reply.content.metric_records.get(m.METRICS)
+    return metrics is not None and not metrics.get(m.DECLINED)
+
+
+def _fits(reply: Message, reference: Mapping[str, npt.NDArray[Any]]) -> bool:
+    record = reply.content.array_records.get(m.ARRAYS)
+    if record is None or set(record.keys()) != set(reference):
+        return False
+    return all(tuple(record[k].shape) == reference[k].shape for k in reference)
+
+
+class _Run:
+    def __init__(self, grid: Grid, settings: RunSettings) -> None:
+        self.grid = grid
+        self.settings = settings
+        self.spec = settings.policy.spec
+        self.store = CheckpointStore(settings.workdir / "checkpoints")
+        self.metrics = MetricsLog(settings.workdir / "metrics.jsonl")
+        self.strategy = make_strategy(self.spec)
+
+    def config(self, round_: int) -> ConfigRecord:
+        return ConfigRecord(
+            {
+                m.ROUND: round_,
+                m.ROUNDS: self.spec.rounds,
+                m.RUN_ID: self.settings.run_id,
+                m.POLICY: self.settings.policy_text,
+            }
+        )
+
+    def wait_for_nodes(self, count: int) -> list[int]:
+        deadline = time.monotonic() + self.settings.node_wait
+        while len(nodes := sorted(self.grid.get_node_ids())) < count:
+            if time.monotonic() > deadline:
+                raise FederationError(
+                    f"only {len(nodes)} client(s) connected within "
+                    f"{self.settings.node_wait:.0f} s; "
+                    f"the policy needs at least {count}"
+                )
+            time.sleep(self.settings.poll_interval)
+        return nodes
+
+    def initial_arrays(self) -> Arrays:
+        """Ask one client for the starting adapter and head (every client builds the same)."""
+        node = self.wait_for_nodes(1)[0]
+        query = Message(
+            RecordDict({m.CONFIG: self.config(0)}),
+            dst_node_id=node,
+            message_type=f"{MessageType.QUERY}.{m.QUERY_INIT}",
+        )
+        replies = collect_replies(
+            self.grid,
+            [query],
+            minimum=1,
+            timeout=self.spec.round_timeout,
+            useful=lambda r: not r.has_error(),
+            poll_interval=self.settings.poll_interval,
+        )
+        if not replies or replies[0].has_error() or m.ARRAYS not in replies[0].content:
+            reason = replies[0].error.reason if replies and replies[0].has_error() else "no reply"
+            raise FederationError(f"could not get the initial model from a client ({reason})")
+        return _to_arrays(replies[0].content.array_records[m.ARRAYS])
+
+    def messages(
+        self, nodes: Iterable[int], kind: str, round_: int, record: ArrayRecord
+    ) -> list[Message]:
+        return [
+            Message(
+                RecordDict({m.ARRAYS: record, m.CONFIG: self.config(round_)}),
+                dst_node_id=node,
+                message_type=kind,
+                group_id=str(round_),
+            )
+            for node in nodes
+        ]
+
+    def train(self, round_: int, arrays: Arrays, report: RoundReport) -> Arrays:
+        spec = self.spec
+        nodes = self.wait_for_nodes(spec.clients.minimum)
+        rng = random.Random(f"{self.settings.seed}:{round_}")
+        sampled = sorted(rng.sample(nodes, min(spec.clients.per_round, len(nodes))))
+        record = _to_record(arrays)
+        replies = collect_replies(
+            self.grid,
+            self.messages(sampled, MessageType.TRAIN, round_, record),
+            minimum=spec.clients.minimum,
+            timeout=spec.round_timeout,
+            useful=lambda r: _is_accepted(r) and _fits(r, arrays),
+            poll_interval=self.settings.poll_interval,
+        )
+        report.bytes_sent = len(sampled) * _record_bytes(record)
+        accepted = []
+        for reply in replies:
+            name = _client_name(reply)
+            if reply.has_error():
+                report.failed.append(f"{name}: {reply.error.reason}")
+            elif not _is_accepted(reply):
+                info = reply.content.config_records.get(m.INFO)
+                report.declined[name] = str(info.get(m.REASON, "declined")) if info else "declined"
+            elif not _fits(reply, arrays):
+                report.failed.append(f"{name}: update does not match the global model's arrays")
+            else:
+                accepted.append(reply)
+                metrics = reply.content.metric_records[m.METRICS]
+                report.clients.append(name)
+                report.epsilon[name] = _number(metrics, m.EPSILON)
+                report.num_examples += int(_number(metrics, m.NUM_EXAMPLES))
+                report.train_seconds = max(
+                    report.train_seconds,
+                    _number(metrics, m.TRAIN_SECONDS),
+                )
+                report.bytes_received += _record_bytes(reply.content.array_records[m.ARRAYS])
+        for reply in replies:  # declined clients still say what they have spent
+            declined = reply.content.metric_records.get(m.METRICS) if reply.has_content() else None
+            if declined is not None and declined.get(m.DECLINED):
+                report.epsilon[_client_name(reply)] = _number(declined, m.EPSILON)
+        if len(accepted) < spec.clients.minimum:
+            report.status = "skipped"
+            log.warning(
+                "round %d: %d useful replies, fewer than the minimum %d; the model is unchanged",
+                round_,
+                len(accepted),
+                spec.clients.minimum,
+            )
+            return arrays
+        if hasattr(self.strategy, "current_arrays"):
+            self.strategy.current_arrays = {k: np.array(v) for k, v in arrays.items()}
+        aggregated, train_metrics = self.strategy.aggregate_train(round_, accepted)
+        if aggregated is None:
+            raise FederationError(f"round {round_}: aggregation produced no model")
+        if train_metrics is not None and m.TRAIN_LOSS in train_metrics:
+            report.train_loss = _number(train_metrics, m.TRAIN_LOSS)
+        return _to_arrays(aggregated)
+
+    def evaluate(self, round_: int, arrays: Arrays, report: RoundReport) -> None:
+        nodes = sorted(self.grid.get_node_ids())
+        if not nodes:
+            return
+        rng = random.Random(f"{self.settings.seed}:eval:{round_}")
+        count = max(1, round(len(nodes) * self.spec.clients.fraction_evaluate))
+        sampled = sorted(rng.sample(nodes, min(count, len(nodes))))
+        replies = collect_replies(
+            self.grid,
+            self.messages(sampled, MessageType.EVALUATE, round_, _to_record(arrays)),
+            minimum=len(sampled),
+            timeout=self.spec.round_timeout,
+            useful=_is_accepted,
+            poll_interval=self.settings.poll_interval,
+        )
+        useful = [r for r in replies if _is_accepted(r)]
+        aggregated = self.strategy.aggregate_evaluate(round_, useful) if useful else None
+        if aggregated is not None:
+            report.eval_loss = _number(aggregated, m.EVAL_LOSS)
+            report.eval_accuracy = _number(aggregated, m.EVAL_ACCURACY)
+            report.eval_clients = len(useful)
+
+    def start(self) -> tuple[int, Arrays]:
+        checkpoint = self.store.latest()
+        if checkpoint is None:
+            return 1, self.initial_arrays()
+        if checkpoint.run_id != self.settings.run_id:
+            raise FederationError(
+                f"{self.store.directory} holds checkpoints of run {checkpoint.run_id!r}, "
+                f"not {self.settings.run_id!r}; use another work directory or run id"
+            )
+        restore_strategy_state(self.strategy, checkpoint.strategy_state)
+        self.metrics.truncate_after(checkpoint.round)
+        log.info("resuming run %s after round %d", checkpoint.run_id, checkpoint.round)
+        return checkpoint.round + 1, dict(checkpoint.arrays)
+
+    def run(self, progress: Callable[[RoundReport], None] | None) -> list[RoundReport]:
+        first, arrays = self.start()
+        reports = []
+        for round_ in range(first, self.spec.rounds + 1):
+            started = time.monotonic()
+            report = RoundReport(round=round_, status="ok")
+            arrays = self.train(round_, arrays, report)
+            self.evaluate(round_, arrays, report)
+            report.seconds = time.monotonic() - started
+            # metrics first, checkpoint second: on resume, metrics past the checkpoint are dropped
+            self.metrics.append(report.to_dict())
+            self.store.save(
+                Checkpoint(
+                    run_id=self.settings.run_id,
+                    round=round_,
+                    arrays=arrays,
+                    strategy_state=strategy_state(self.strategy),
+                    meta={"strategy": self.spec.aggregation.strategy},
+                )
+            )
+            reports.append(report)
+            if progress is not None:
+                progress(report)
+        return reports
+
+
+def run_federation(
+    grid: Grid,
+    settings: RunSettings,
+    *,
+    progress: Callable[[RoundReport], None] | None = None,
+) -> list[RoundReport]:
+    """Run (or resume) every remaining round of the federation; returns this call's rounds."""
+    return _Run(grid, settings).run(progress)
