@@ -53,4 +53,136 @@ def inspect(
     )
 
 
+data_app = typer.Typer(
+    help="Make demo data, or split a labelled file among clients.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+
+PolicyOption = Annotated[
+    Path, typer.Option("--policy", "-p", help="Your own copy of the FederationPolicy.")
+]
+StateOption = Annotated[
+    Path, typer.Option("--state-dir", help="Your state folder (privacy ledger, updates).")
+]
+
+
+@data_app.command("synth")
+def data_synth(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for client-NN.tsv files.")],
+    *,
+    clients: Annotated[int, typer.Option("--clients", min=1, help="Number of clients.")] = 3,
+    examples: Annotated[int, typer.Option("--examples", min=1, help="Examples per client.")] = 200,
+    labels: Annotated[int, typer.Option("--labels", min=2, help="Number of classes.")] = 2,
+    alpha: Annotated[
+        float, typer.Option("--alpha", min=0.001, help="Dirichlet label skew (small: non-IID).")
+    ] = 0.5,
+    heldout: Annotated[int, typer.Option("--heldout", min=0, help="Held-out examples.")] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+) -> None:
+    """Generate a synthetic non-IID text classification set, one file per client."""
+    from client.synthetic import generate, write_synthetic
+
+    split = generate(
+        num_clients=clients,
+        examples_per_client=examples,
+        num_labels=labels,
+        alpha=alpha,
+        seed=seed,
+        heldout=heldout,
+    )
+    for path in write_synthetic(split, out_dir):
+        out.print(f"wrote {path}")
+
+
+@data_app.command("split")
+def data_split(
+    file: Annotated[Path, typer.Argument(help="A labelled CSV, TSV or JSONL file.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the client files.")],
+    *,
+    clients: Annotated[int, typer.Option("--clients", min=1, help="Number of clients.")] = 3,
+    alpha: Annotated[
+        float | None, typer.Option("--alpha", help="Dirichlet label skew; omit for IID.")
+    ] = None,
+    heldout: Annotated[
+        float, typer.Option("--heldout", min=0.0, max=0.9, help="Held-out fraction.")
+    ] = 0.0,
+    text_column: Annotated[str, typer.Option("--text-column")] = "text",
+    label_column: Annotated[str, typer.Option("--label-column")] = "label",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+) -> None:
+    """Split a labelled file among clients, IID or by a Dirichlet label skew."""
+    from client.partition import partition_file
+
+    result = partition_file(
+        file,
+        out_dir,
+        num_clients=clients,
+        alpha=alpha,
+        seed=seed,
+        heldout_fraction=heldout,
+        text_column=text_column,
+        label_column=label_column,
+    )
+    for path, size in zip(
+        result.files, [*result.partition.sizes, len(result.partition.heldout)], strict=False
+    ):
+        out.print(f"wrote {path} ({size} examples)")
+
+
+@app.command("check")
+def check(
+    data: Annotated[Path, typer.Option("--data", help="Your labelled data file.")],
+    policy: PolicyOption,
+    *,
+    text_column: Annotated[str, typer.Option("--text-column")] = "text",
+    label_column: Annotated[str, typer.Option("--label-column")] = "label",
+) -> None:
+    """Check, before joining, that your data file and the policy's model load on this machine."""
+    from client.data import load_labelled
+    from client.model import resolve_model_source
+    from policies import FederationPolicy, load_one
+
+    doc = load_one(policy, FederationPolicy)
+    model = resolve_model_source(doc.spec.model.source, base_dir=policy.parent)
+    loaded = load_labelled(
+        data,
+        num_labels=doc.spec.model.num_labels,
+        text_column=text_column,
+        label_column=label_column,
+    )
+    counts = ", ".join(f"{n}" for n in loaded.label_counts())
+    out.print(f"ok  {data}: {len(loaded)} examples (per label: {counts}); model {model}")
+
+
+@app.command("budget")
+def budget(policy: PolicyOption, state_dir: StateOption) -> None:
+    """Print your privacy ledger: epsilon spent per round and in total, against your budget."""
+    from client.ledger import PrivacyLedger
+    from policies import FederationPolicy, load_one
+
+    ledger = PrivacyLedger.for_policy(state_dir, load_one(policy, FederationPolicy))
+    summary = ledger.summary()
+    table = Table(
+        title=f"privacy ledger {summary['budget_key']} ({summary['accountant']}, "
+        f"delta {summary['delta']:g})"
+    )
+    for column in ("run", "round", "noise", "sample rate", "steps", "epsilon +", "epsilon total"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for row in summary["rounds"]:
+        table.add_row(
+            row["run_id"],
+            str(row["round"]),
+            f"{row['noise_multiplier']:.3f}",
+            f"{row['sample_rate']:.4f}",
+            str(row["steps"]),
+            f"{row['epsilon_round']:.3f}",
+            f"{row['epsilon_total']:.3f}",
+        )
+    out.print(table)
+    out.print(
+        f"spent epsilon {summary['spent']:.3f} of {summary['target_epsilon']:g} "
+        f"(remaining {summary['remaining']:.3f}); ledger {summary['path']}"
+    )
+
+
 main = main_for(app, "fedge-client")

@@ -85,9 +85,11 @@ def _simulated_settings(context: Context) -> ClientSettings:
     index = int(str(context.node_config["partition-id"]))
     total = int(str(context.node_config["num-partitions"]))
     name = client_file_name(index, total, "tsv").removesuffix(".tsv")
+    folder = Path(str(context.run_config["data-dir"]))
+    candidates = [folder / f"{name}.{fmt}" for fmt in ("tsv", "csv", "jsonl")]
     return ClientSettings(
         name=name,
-        data_path=Path(str(context.run_config["data-dir"])) / f"{name}.tsv",
+        data_path=next((p for p in candidates if p.exists()), candidates[0]),
         state_dir=Path(str(context.run_config["state-dir"])) / name,
     )
 
@@ -120,8 +122,25 @@ def _split(data: LabelledData, *, fraction: float, seed: int) -> tuple[LabelledD
     return data.subset(sorted(order[cut:])), data.subset(sorted(order[:cut]))
 
 
+def _local_data(settings: ClientSettings, num_labels: int) -> tuple[LabelledData, LabelledData]:
+    """The holder's (train, held-out) split; cheap, so a round can be priced before any model."""
+    stat = settings.data_path.stat() if settings.data_path.exists() else None
+    key = (
+        "data",
+        str(settings.data_path),
+        stat and stat.st_mtime_ns,
+        num_labels,
+        settings.eval_fraction,
+    )
+    if key not in _cache:
+        data = load_labelled(settings.data_path, num_labels=num_labels)
+        _cache[key] = _split(data, fraction=settings.eval_fraction, seed=settings.seed)
+    split: tuple[LabelledData, LabelledData] = _cache[key]
+    return split
+
+
 def _prepare(settings: ClientSettings, policy: FederationPolicy) -> _Prepared:
-    """Model and data for ``policy``'s model section (the holder's own copy: its local paths)."""
+    """Model and tokenized data for ``policy``'s model section (the holder's own local paths)."""
     spec = policy.spec
     model_key = ("model", spec.model.source, spec.model.num_labels, spec.lora.model_dump_json())
     if model_key not in _cache:
@@ -130,23 +149,15 @@ def _prepare(settings: ClientSettings, policy: FederationPolicy) -> _Prepared:
             spec.model.source, num_labels=spec.model.num_labels, lora=spec.lora, seed=settings.seed
         )
     model: TrainableModel = _cache[model_key]
-    stat = settings.data_path.stat() if settings.data_path.exists() else None
-    data_key = (
-        "data",
-        str(settings.data_path),
-        stat and stat.st_mtime_ns,
-        spec.model.model_dump_json(),
-        settings.eval_fraction,
-    )
-    if data_key not in _cache:
-        data = load_labelled(settings.data_path, num_labels=spec.model.num_labels)
-        train, held = _split(data, fraction=settings.eval_fraction, seed=settings.seed)
+    train, held = _local_data(settings, spec.model.num_labels)
+    tokens_key = ("tokens", id(train), model_key, spec.model.max_length)
+    if tokens_key not in _cache:
         length = spec.model.max_length
-        _cache[data_key] = (
+        _cache[tokens_key] = (
             encode(model.tokenizer, train.texts, train.labels, max_length=length),
             encode(model.tokenizer, held.texts, held.labels, max_length=length),
         )
-    train_ds, eval_ds = _cache[data_key]
+    train_ds, eval_ds = _cache[tokens_key]
     return _Prepared(model=model, train=train_ds, eval=eval_ds)
 
 
@@ -230,11 +241,11 @@ def _train(message: Message, settings: ClientSettings) -> Message:
         return _decline(
             message, settings, ledger, "this round was already charged and its update is lost"
         )
-    prepared = _prepare(settings, own)
     training, privacy = coordinator.spec.training, own.spec.privacy
     try:
+        train_data, _held = _local_data(settings, own.spec.model.num_labels)
         plan = plan_round(
-            num_examples=len(prepared.train),
+            num_examples=len(train_data),
             batch_size=training.batch_size,
             epochs=training.local_epochs,
             max_grad_norm=privacy.max_grad_norm,
@@ -255,6 +266,7 @@ def _train(message: Message, settings: ClientSettings) -> Message:
         )
     except (BudgetExceededError, UsageError) as exc:
         return _decline(message, settings, ledger, str(exc))
+    prepared = _prepare(settings, own)
     set_trainable(prepared.model.model, _arrays(message))
     result = train_round(
         prepared.model.model,

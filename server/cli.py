@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from fedge.cli import main_for, new_app, out
 from fedge.errors import UsageError
+
+if TYPE_CHECKING:
+    from server.federation import RoundReport
 
 __all__ = ["app", "main"]
 
@@ -154,6 +157,100 @@ def artifact_verify(
     for entry in manifest.files:
         table.add_row(entry.path, str(entry.size), entry.sha256[:16] + "…")
     out.print(table)
+
+
+def _round_table() -> Table:
+    table = Table(title="rounds")
+    for column in (
+        "round",
+        "status",
+        "clients",
+        "declined",
+        "eval acc",
+        "eval loss",
+        "max eps",
+        "MB out/in",
+        "s",
+    ):
+        table.add_column(column, justify="left" if column in ("status", "declined") else "right")
+    return table
+
+
+def _add_round(table: Table, report: RoundReport) -> None:
+    eps = max(report.epsilon.values(), default=0.0)
+    acc = "-" if report.eval_accuracy is None else f"{report.eval_accuracy:.3f}"
+    loss = "-" if report.eval_loss is None else f"{report.eval_loss:.3f}"
+    table.add_row(
+        str(report.round),
+        report.status,
+        str(len(report.clients)),
+        str(len(report.declined)),
+        acc,
+        loss,
+        f"{eps:.2f}",
+        f"{report.bytes_sent / 1e6:.2f}/{report.bytes_received / 1e6:.2f}",
+        f"{report.seconds:.1f}",
+    )
+
+
+@app.command("train")
+def train(
+    policy: Annotated[Path, typer.Option("--policy", "-p", help="The FederationPolicy YAML.")],
+    *,
+    simulate: Annotated[
+        int | None,
+        typer.Option("--simulate", min=1, help="Run N simulated clients in this process."),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="With --simulate: folder of client-NN.tsv/.csv/.jsonl files."),
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            "--workdir", help="Run folder (metrics, checkpoints); default fedge-runs/RUN."
+        ),
+    ] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option(
+            "--run-id", help="Stable run name; the same name resumes. Default: policy name."
+        ),
+    ] = None,
+    cpus_per_client: Annotated[
+        float,
+        typer.Option("--cpus-per-client", min=0.1, help="With --simulate: CPU share per client."),
+    ] = 1.0,
+) -> None:
+    """Run a federation; a run stopped part-way resumes at the next round when started again."""
+    from server.train import load_plan, train_simulated
+
+    if simulate is None:
+        raise UsageError("--simulate N is required (the Deployment Engine takes --superlink)")
+    if data is None:
+        raise UsageError("--simulate needs --data, a folder of client-NN files")
+    plan = load_plan(policy, workdir=workdir, run_id=run_id)
+    out.print(f"run {plan.settings.run_id}: {simulate} simulated clients, workdir {plan.workdir}")
+    table = _round_table()
+
+    def progress(report: RoundReport) -> None:
+        _add_round(table, report)
+        out.print(
+            f"round {report.round}: {report.status}, {len(report.clients)} client(s), "
+            f"accuracy {report.eval_accuracy if report.eval_accuracy is not None else '-'}"
+        )
+
+    train_simulated(
+        plan,
+        num_clients=simulate,
+        data_dir=data,
+        progress=progress,
+        cpus_per_client=cpus_per_client,
+    )
+    out.print(table)
+    out.print(
+        f"metrics {plan.workdir / 'metrics.jsonl'}, checkpoints {plan.workdir / 'checkpoints'}"
+    )
 
 
 @app.command("demo")

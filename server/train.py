@@ -1,0 +1,107 @@
+"""``fedge train``: run (or resume) a federation in the simulation or the Deployment Engine."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedge.errors import UsageError
+from policies import FederationPolicy
+from server.app_dir import write_app_dir
+from server.federation import RoundReport, RunSettings
+
+__all__ = ["TrainPlan", "load_plan", "train_simulated"]
+
+_DATA_SUFFIXES = (".tsv", ".csv", ".jsonl")
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    settings: RunSettings
+    policy_path: Path
+
+    @property
+    def workdir(self) -> Path:
+        return self.settings.workdir
+
+
+def load_plan(policy_path: Path, *, workdir: Path | None, run_id: str | None) -> TrainPlan:
+    from server.flower_app import settings_from_text
+
+    try:
+        text = policy_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--policy {policy_path}: cannot read ({exc.strerror})") from exc
+    from policies import check_files
+
+    report = check_files([policy_path])  # located problems, with the file's own name
+    report.raise_for_problems()
+    docs = [d.document for d in report.documents if isinstance(d.document, FederationPolicy)]
+    if len(docs) != 1:
+        raise UsageError(
+            f"--policy {policy_path}: expected one FederationPolicy, found {len(docs)}"
+        )
+    name = run_id or docs[0].metadata.name
+    folder = (workdir or Path("fedge-runs") / name).resolve()
+    settings = settings_from_text(text, workdir=folder, run_id=name, name=str(policy_path))
+    return TrainPlan(settings=settings, policy_path=policy_path)
+
+
+def _client_files(data_dir: Path, count: int) -> list[Path]:
+    if not data_dir.is_dir():
+        raise UsageError(f"--data {data_dir}: not a folder of client files")
+    width = len(str(max(count - 1, 0)))
+    found = []
+    for index in range(count):
+        stem = f"client-{index:0{width}d}"
+        match = [data_dir / f"{stem}{suffix}" for suffix in _DATA_SUFFIXES]
+        present = [path for path in match if path.is_file()]
+        if not present:
+            raise UsageError(
+                f"--data {data_dir}: no {stem}.tsv/.csv/.jsonl for client {index} of {count} "
+                "(make them with `fedge-client data synth` or `fedge-client data split`)"
+            )
+        found.append(present[0])
+    return found
+
+
+def train_simulated(
+    plan: TrainPlan,
+    *,
+    num_clients: int,
+    data_dir: Path,
+    progress: Callable[[RoundReport], None] | None = None,
+    cpus_per_client: float = 1.0,
+    verbose: bool = False,
+) -> None:
+    """Simulate ``num_clients`` data holders, each with its own file and state folder."""
+    from server.simulation import simulate
+
+    if num_clients < plan.settings.policy.spec.clients.minimum:
+        raise UsageError(
+            f"--simulate {num_clients}: fewer clients than the policy's minimum "
+            f"({plan.settings.policy.spec.clients.minimum})"
+        )
+    _client_files(data_dir, num_clients)
+    workdir = plan.workdir
+    app_dir = write_app_dir(
+        workdir / "app",
+        {
+            "policy": plan.settings.policy_text,
+            "workdir": str(workdir),
+            "run-id": plan.settings.run_id,
+            "data-dir": str(data_dir.resolve()),
+            "state-dir": str(workdir / "clients"),
+        },
+    )
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    simulate(
+        plan.settings,
+        num_clients=num_clients,
+        app_dir=app_dir,
+        cpus_per_client=cpus_per_client,
+        progress=progress,
+    )
