@@ -185,4 +185,49 @@ def budget(policy: PolicyOption, state_dir: StateOption) -> None:
     )
 
 
+@app.command("start")
+def start(
+    superlink: Annotated[str, typer.Option("--superlink", help="The coordinator's HOST:PORT.")],
+    ca: Annotated[Path, typer.Option("--ca", help="The federation's CA certificate (PEM).")],
+    data: Annotated[Path, typer.Option("--data", help="Your labelled data file.")],
+    policy: PolicyOption,
+    state_dir: StateOption,
+    *,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Your name in the federation's metrics.")
+    ] = None,
+    port: Annotated[
+        int, typer.Option("--port", min=1, max=65535, help="Local port for the SuperNode's API.")
+    ] = 9094,
+) -> None:
+    """Join a federation: check your data and model, then run a SuperNode until Ctrl-C."""
+    import time
+
+    from client.data import load_labelled
+    from client.model import resolve_model_source
+    from client.supernode import SuperNodeProcess, supernode_command
+    from fedge.errors import FederationError, UsageError
+    from policies import FederationPolicy, load_one
+
+    if not ca.is_file():
+        raise UsageError(f"--ca {ca}: CA certificate not found")
+    doc = load_one(policy, FederationPolicy)
+    resolve_model_source(doc.spec.model.source, base_dir=policy.parent)
+    loaded = load_labelled(data, num_labels=doc.spec.model.num_labels)
+    command = supernode_command(
+        superlink=superlink,
+        root_certificates=ca,
+        runtime_port=port,
+        data_path=data,
+        state_dir=state_dir,
+        client_name=name or doc.metadata.name + "-client",
+        policy_path=policy,
+    )
+    with SuperNodeProcess(command, state_dir=state_dir) as node:
+        out.print(f"joined {superlink} with {len(loaded)} examples; log {node.log_path}")
+        while node.running():
+            time.sleep(0.5)
+        raise FederationError(f"the SuperNode stopped; see {node.log_path}")
+
+
 main = main_for(app, "fedge-client")

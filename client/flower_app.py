@@ -1,9 +1,10 @@
 """fedge's Flower ClientApp: train and evaluate on the data holder's own data, inside its budget.
 
-The same app runs in the simulation engine (settings from a closure, one virtual node per
-partition) and in the Deployment Engine (settings from the SuperNode's ``--node-config``). The
-model, tokenizer and tokenized data are cached at module level, so a long-lived ClientApp process
-pays the torch/transformers start-up once, not every round.
+The same app runs in the simulation engine (one virtual node per partition, settings from the run
+config) and in the Deployment Engine (settings from the SuperNode's ``--node-config``). The
+model, tokenizer and tokenized data are cached at module level: in the simulation engine the Ray
+actors live for the whole run, so start-up is paid once; Flower 1.41's Deployment Engine starts a
+fresh ``flwr-clientapp`` process for every message, where the cache cannot help.
 
 Privacy order of operations: price the round with the ledger, refuse it if it does not fit
 (reply ``declined`` with the reason; the ledger is untouched), train, store the update, charge the
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import random
 import warnings
 from collections.abc import Callable
@@ -374,5 +374,4 @@ def make_client_app(
     return client_app
 
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 app = make_client_app()

@@ -35,6 +35,8 @@ def write_app_dir(directory: Path, config: Mapping[str, str | int | float]) -> P
         "",
         "[project]",
         'name = "fedge-run"',
+        'description = "A fedge federated run"',
+        'license = "Apache-2.0"',
         f'version = "{__version__}"',
         "dependencies = []",
         "",

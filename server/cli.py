@@ -221,17 +221,44 @@ def train(
         float,
         typer.Option("--cpus-per-client", min=0.1, help="With --simulate: CPU share per client."),
     ] = 1.0,
+    superlink: Annotated[
+        str | None,
+        typer.Option("--superlink", help="Deployment Engine: the SuperLink's HOST:PORT (TLS)."),
+    ] = None,
+    ca: Annotated[
+        Path | None, typer.Option("--ca", help="With --superlink: the CA certificate (PEM).")
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", min=1, help="With --superlink: seconds to wait for the run."),
+    ] = 3600.0,
 ) -> None:
     """Run a federation; a run stopped part-way resumes at the next round when started again."""
-    from server.train import load_plan, train_simulated
+    from server.train import load_plan, train_deployed, train_simulated
 
-    if simulate is None:
-        raise UsageError("--simulate N is required (the Deployment Engine takes --superlink)")
+    if (simulate is None) == (superlink is None):
+        raise UsageError("give exactly one of --simulate N (in process) or --superlink HOST:PORT")
+    plan = load_plan(policy, workdir=workdir, run_id=run_id)
+    table = _round_table()
+    if superlink is not None:
+        if ca is None:
+            raise UsageError("--superlink needs --ca, the federation's CA certificate (TLS)")
+        out.print(f"run {plan.settings.run_id}: SuperLink {superlink}, workdir {plan.workdir}")
+        flower_run = train_deployed(
+            plan, superlink=superlink, root_certificates=ca, timeout=timeout
+        )
+        from server.federation import RoundReport as Report
+        from server.metrics import MetricsLog
+
+        for record in MetricsLog(plan.workdir / "metrics.jsonl").read():
+            _add_round(table, Report(**record))
+        out.print(table)
+        out.print(f"Flower run {flower_run} completed; metrics {plan.workdir / 'metrics.jsonl'}")
+        return
     if data is None:
         raise UsageError("--simulate needs --data, a folder of client-NN files")
-    plan = load_plan(policy, workdir=workdir, run_id=run_id)
+    assert simulate is not None  # noqa: S101 - checked above
     out.print(f"run {plan.settings.run_id}: {simulate} simulated clients, workdir {plan.workdir}")
-    table = _round_table()
 
     def progress(report: RoundReport) -> None:
         _add_round(table, report)
@@ -250,6 +277,34 @@ def train(
     out.print(table)
     out.print(
         f"metrics {plan.workdir / 'metrics.jsonl'}, checkpoints {plan.workdir / 'checkpoints'}"
+    )
+
+
+@app.command("certs")
+def certs(
+    output: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for ca.crt, server.pem and keys.")
+    ],
+    *,
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="Name or IP in the server certificate; repeatable."),
+    ] = None,
+    days: Annotated[int, typer.Option("--days", min=1, max=3650, help="Validity.")] = 30,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+) -> None:
+    """Make a self-signed CA and a SuperLink certificate for a test or private federation."""
+    from fedge.tls import generate_federation_certs
+
+    paths = generate_federation_certs(
+        output, hosts=tuple(host or ("localhost", "127.0.0.1")), days=days, overwrite=force
+    )
+    out.print(f"CA certificate      {paths.ca_cert} (give it to every data holder)")
+    out.print(f"SuperLink cert/key  {paths.server_cert} / {paths.server_key}")
+    out.print(
+        "start the SuperLink with: flower-superlink --ssl-ca-certfile "
+        f"{paths.ca_cert} --ssl-certfile {paths.server_cert} --ssl-keyfile {paths.server_key} "
+        "--disable-runtime-dependency-installation"
     )
 
 

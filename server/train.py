@@ -12,7 +12,7 @@ from policies import FederationPolicy
 from server.app_dir import write_app_dir
 from server.federation import RoundReport, RunSettings
 
-__all__ = ["TrainPlan", "load_plan", "train_simulated"]
+__all__ = ["TrainPlan", "load_plan", "train_deployed", "train_simulated"]
 
 _DATA_SUFFIXES = (".tsv", ".csv", ".jsonl")
 
@@ -105,3 +105,33 @@ def train_simulated(
         cpus_per_client=cpus_per_client,
         progress=progress,
     )
+
+
+def train_deployed(
+    plan: TrainPlan,
+    *,
+    superlink: str,
+    root_certificates: Path,
+    timeout: float,
+) -> int:
+    """Submit the run to a SuperLink over TLS and follow it to the end; returns Flower's run id.
+
+    The ServerApp runs in a process the SuperLink starts, so everything it needs travels in the
+    run config: the policy text and an absolute work directory.
+    """
+    from server.deployment import submit_run, wait_for_run, write_flwr_home
+
+    if not root_certificates.is_file():
+        raise UsageError(f"--ca {root_certificates}: CA certificate not found")
+    workdir = plan.workdir
+    flwr_home = workdir / "flwr"
+    write_flwr_home(flwr_home, address=superlink, root_certificates=root_certificates.resolve())
+    config: dict[str, str | int | float] = {
+        "policy": plan.settings.policy_text,
+        "workdir": str(workdir),
+        "run-id": plan.settings.run_id,
+    }
+    app_dir = write_app_dir(workdir / "app", config)
+    run_id = submit_run(app_dir, flwr_home=flwr_home)
+    wait_for_run(run_id, flwr_home=flwr_home, timeout=timeout)
+    return run_id

@@ -19,6 +19,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -435,6 +436,16 @@ def _untrusted_tls_is_refused(port: int) -> None:
         context.wrap_socket(raw, server_hostname=LOOPBACK)
 
 
+def _cmdlines() -> list[bytes]:
+    found = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            found.append(path.read_bytes())
+        except OSError:  # the process ended while we looked
+            continue
+    return found
+
+
 @pytest.mark.slow
 def test_two_supernodes_train_over_tls(tmp_path: Path, superlink: SuperLink) -> None:
     started = time.monotonic()
@@ -447,40 +458,85 @@ def test_two_supernodes_train_over_tls(tmp_path: Path, superlink: SuperLink) -> 
     data_files = write_synthetic(split, tmp_path / "data")
     names = [path.stem for path in data_files]
 
-    nodes = []
-    for name, data in zip(names, data_files, strict=True):
-        state = tmp_path / "holders" / name
-        command = supernode_command(
-            superlink=superlink.address,
-            root_certificates=superlink.certs.ca_cert,
-            runtime_port=_free_port(),
-            data_path=data,
-            state_dir=state,
-            client_name=name,
-        )
-        node = SuperNodeProcess(command, state_dir=state)
-        nodes.append(node)
+    policy = tmp_path / "federation.yaml"
+    policy.write_text(_policy(model))
+    bin_dir = Path(sys.executable).parent
+    holders: list[tuple[subprocess.Popen[bytes], Path]] = []
+    workdir = tmp_path / "coordinator"
     try:
-        for node in nodes:
-            node.start()
-        workdir = tmp_path / "coordinator"
-        app = write_app_dir(
-            tmp_path / "app",
-            {"policy": _policy(model), "workdir": str(workdir), "run-id": "deploy-test"},
+        # each data holder joins through its own entry point, as it would on its own machine
+        for name, data in zip(names, data_files, strict=True):
+            state = tmp_path / "holders" / name
+            state.mkdir(parents=True)
+            log = state / "fedge-client.log"
+            command = [
+                str(bin_dir / "fedge-client"),
+                "start",
+                "--superlink",
+                superlink.address,
+                "--ca",
+                str(superlink.certs.ca_cert),
+                "--data",
+                str(data),
+                "--policy",
+                str(policy),
+                "--state-dir",
+                str(state),
+                "--name",
+                name,
+                "--port",
+                str(_free_port()),
+            ]
+            with log.open("wb") as handle:
+                holders.append(
+                    (subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT), log)
+                )
+        # the operator drives the run through `fedge train`
+        train = subprocess.run(
+            [
+                str(bin_dir / "fedge"),
+                "train",
+                "--policy",
+                str(policy),
+                "--superlink",
+                superlink.address,
+                "--ca",
+                str(superlink.certs.ca_cert),
+                "--workdir",
+                str(workdir),
+                "--run-id",
+                "deploy-test",
+                "--timeout",
+                "240",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
-        home = superlink.flwr_home
-        run_id = submit_run(app, flwr_home=home, run_config={"run-id": "deploy-test"})
-        try:
-            wait_for_run(run_id, flwr_home=home, timeout=240, poll=1.0)
-        except FederationError:
-            logs = run_logs(run_id, flwr_home=home)
-            nodes_logs = "\n".join(node.log_text()[-2000:] for node in nodes)
-            pytest.fail(f"run failed; ServerApp log:\n{logs[-4000:]}\nSuperNodes:\n{nodes_logs}")
-        for node in nodes:
-            assert node.running(), node.log_text()[-2000:]
+        holder_logs = "\n".join(log.read_text()[-1500:] for _, log in holders)
+        assert train.returncode == 0, (
+            f"{train.stdout[-3000:]}\n{train.stderr[-3000:]}\n{holder_logs}"
+        )
+        assert "completed" in train.stdout
+        for process, log in holders:
+            assert process.poll() is None, log.read_text()[-2000:]
     finally:
-        for node in nodes:
-            node.stop()
+        for process, _log in holders:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)  # Ctrl-C: the client stops its SuperNode
+        for process, _log in holders:
+            try:
+                assert process.wait(timeout=30) == 130
+            except subprocess.TimeoutExpired:
+                process.kill()
+                raise
+    leftovers = [
+        cmdline
+        for cmdline in _cmdlines()
+        if b"flower-supernode" in cmdline and str(tmp_path).encode() in cmdline
+    ]
+    assert leftovers == [], "a SuperNode outlived `fedge-client start`"
 
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [line["round"] for line in lines] == [1, 2]

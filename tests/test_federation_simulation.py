@@ -48,7 +48,7 @@ def simulated_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]
     assert spent.spent() > 8.0
     ledger_before = spent.path.read_bytes()
     plan = load_plan(policy_path, workdir=workdir, run_id="sim-test")
-    reports = []
+    reports: list[object] = []
     # a CPU share of 0.5 runs all three clients at once, so every reply lands in its round
     train_simulated(
         plan, num_clients=3, data_dir=data, progress=reports.append, cpus_per_client=0.5
