@@ -218,9 +218,13 @@ def train(
         ),
     ] = None,
     cpus_per_client: Annotated[
-        float,
-        typer.Option("--cpus-per-client", min=0.1, help="With --simulate: CPU share per client."),
-    ] = 1.0,
+        float | None,
+        typer.Option(
+            "--cpus-per-client",
+            min=0.1,
+            help="With --simulate: CPU share per client (default: all clients run at once).",
+        ),
+    ] = None,
     superlink: Annotated[
         str | None,
         typer.Option("--superlink", help="Deployment Engine: the SuperLink's HOST:PORT (TLS)."),

@@ -39,6 +39,7 @@ def simulate(
         "FLWR_TELEMETRY_ENABLED": "0",
         "RAY_USAGE_STATS_ENABLED": "0",
         "HF_HUB_OFFLINE": "1",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # CPU-only clients keep GPUs hidden, quietly
     }.items():
         os.environ.setdefault(key, value)
     server_app = make_server_app(lambda _context: settings, progress=progress)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,10 +74,14 @@ def train_simulated(
     num_clients: int,
     data_dir: Path,
     progress: Callable[[RoundReport], None] | None = None,
-    cpus_per_client: float = 1.0,
+    cpus_per_client: float | None = None,
     verbose: bool = False,
 ) -> None:
-    """Simulate ``num_clients`` data holders, each with its own file and state folder."""
+    """Simulate ``num_clients`` data holders, each with its own file and state folder.
+
+    By default the CPUs are shared so that every client runs at once: a client queued behind the
+    others would reply after the round closed and have spent privacy on an update nobody used.
+    """
     from server.simulation import simulate
 
     if num_clients < plan.settings.policy.spec.clients.minimum:
@@ -102,7 +107,7 @@ def train_simulated(
         plan.settings,
         num_clients=num_clients,
         app_dir=app_dir,
-        cpus_per_client=cpus_per_client,
+        cpus_per_client=cpus_per_client or max(0.1, min(1.0, (os.cpu_count() or 1) / num_clients)),
         progress=progress,
     )
 
