@@ -151,6 +151,17 @@ def _batches(
         yield from physical
 
 
+def _empty_step(
+    params: Sequence[torch.nn.Parameter], optimizer: torch.optim.Optimizer, private: bool
+) -> None:
+    if not private:
+        return
+    for param in params:
+        # Opacus clips and sums per-sample gradients; zero samples sum to zero, plus the noise.
+        param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype, device=param.device)  # type: ignore[attr-defined]
+    optimizer.step()
+
+
 def train_round(
     model: torch.nn.Module,
     dataset: TensorDataset,
@@ -194,6 +205,13 @@ def train_round(
         for _epoch in range(plan.epochs):
             for batch in _batches(loader, optimizer, private, max_physical_batch_size):
                 optimizer.zero_grad(set_to_none=True)
+                if len(batch[0]) == 0:
+                    # Poisson sampling can draw an empty batch. The model cannot run on it, but
+                    # the DP step must still happen (noise only): skipping it would make the
+                    # step count, and so the privacy, depend on the data.
+                    _empty_step(params, optimizer, private)
+                    steps += 1
+                    continue
                 loss = _forward_loss(engine_module, batch, device)
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()

@@ -132,3 +132,37 @@ def test_one_round_changes_only_the_trainable_weights(tiny: Path, private: bool)
     held = encode(trainable.tokenizer, split.heldout.texts, split.heldout.labels, max_length=24)
     scores = evaluate(trainable.model, held)
     assert scores.num_examples == 40 and 0.0 <= scores.accuracy <= 1.0
+
+
+def test_an_empty_poisson_batch_is_a_noise_only_step(tiny: Path) -> None:
+    """20 examples at batch 2 (sample rate 0.1): Poisson sampling draws empty batches."""
+    trainable = load_trainable_model(str(tiny), num_labels=2, lora=LORA)
+    split = generate(num_clients=1, examples_per_client=20, seed=5, heldout=0)
+    data = split.clients[0]
+    dataset = encode(trainable.tokenizer, data.texts, data.labels, max_length=16)
+    plan = plan_round(
+        num_examples=len(dataset),
+        batch_size=2,
+        epochs=3,
+        max_grad_norm=1.0,
+        rounds=1,
+        target_epsilon=50.0,
+        delta=1e-5,
+        accountant="rdp",
+    )
+    before = get_trainable(trainable.model)
+    for seed in range(3):
+        result = train_round(
+            trainable.model,
+            dataset,
+            plan,
+            learning_rate=1e-2,
+            max_physical_batch_size=8,
+            private=True,
+            seed=seed,
+        )
+        assert result.steps == plan.steps  # every logical step happened, empty ones included
+        assert np.isfinite(result.loss)
+    after = get_trainable(trainable.model)
+    assert all(np.isfinite(v).all() for v in after.values())
+    assert any(not np.array_equal(before[k], after[k]) for k in before)
