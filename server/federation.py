@@ -72,6 +72,8 @@ class RoundReport:
     eval_accuracy: float | None = None
     eval_clients: int = 0
     epsilon: dict[str, float] = field(default_factory=dict)
+    noise_multiplier: dict[str, float] = field(default_factory=dict)
+    steps: dict[str, int] = field(default_factory=dict)
     num_examples: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -253,6 +255,8 @@ class _Run:
                 metrics = reply.content.metric_records[m.METRICS]
                 report.clients.append(name)
                 report.epsilon[name] = _number(metrics, m.EPSILON)
+                report.noise_multiplier[name] = _number(metrics, m.NOISE_MULTIPLIER)
+                report.steps[name] = int(_number(metrics, m.STEPS))
                 report.num_examples += int(_number(metrics, m.NUM_EXAMPLES))
                 report.train_seconds = max(
                     report.train_seconds,
