@@ -199,13 +199,26 @@ def start(
     port: Annotated[
         int, typer.Option("--port", min=1, max=65535, help="Local port for the SuperNode's API.")
     ] = 9094,
+    warm: Annotated[
+        bool,
+        typer.Option(
+            "--warm/--no-warm",
+            help="Load the model once and fork each ClientApp from that warm process "
+            "(--no-warm: Flower's stock fresh process per message).",
+        ),
+    ] = True,
 ) -> None:
     """Join a federation: check your data and model, then run a SuperNode until Ctrl-C."""
     import time
 
     from client.data import load_labelled
     from client.model import resolve_model_source
-    from client.supernode import SuperNodeProcess, supernode_command
+    from client.supernode import (
+        SuperNodeProcess,
+        WarmSuperNodeProcess,
+        supernode_command,
+        warm_commands,
+    )
     from fedge.errors import FederationError, UsageError
     from policies import FederationPolicy, load_one
 
@@ -214,20 +227,38 @@ def start(
     doc = load_one(policy, FederationPolicy)
     resolve_model_source(doc.spec.model.source, base_dir=policy.parent)
     loaded = load_labelled(data, num_labels=doc.spec.model.num_labels)
-    command = supernode_command(
-        superlink=superlink,
-        root_certificates=ca,
-        runtime_port=port,
-        data_path=data,
-        state_dir=state_dir,
-        client_name=name or doc.metadata.name + "-client",
-        policy_path=policy,
-    )
-    with SuperNodeProcess(command, state_dir=state_dir) as node:
-        out.print(f"joined {superlink} with {len(loaded)} examples; log {node.log_path}")
+    client_name = name or doc.metadata.name + "-client"
+    node: SuperNodeProcess | WarmSuperNodeProcess
+    if warm:
+        commands = warm_commands(
+            superlink=superlink,
+            root_certificates=ca,
+            runtime_port=port,
+            data_path=data,
+            state_dir=state_dir,
+            client_name=client_name,
+            policy_path=policy,
+        )
+        node = WarmSuperNodeProcess(commands, state_dir=state_dir)
+    else:
+        command = supernode_command(
+            superlink=superlink,
+            root_certificates=ca,
+            runtime_port=port,
+            data_path=data,
+            state_dir=state_dir,
+            client_name=client_name,
+            policy_path=policy,
+        )
+        node = SuperNodeProcess(command, state_dir=state_dir)
+    with node:
+        logs = f"{node.log_path}" + (
+            f", {node.superexec_log_path}" if isinstance(node, WarmSuperNodeProcess) else ""
+        )
+        out.print(f"joined {superlink} with {len(loaded)} examples; log {logs}")
         while node.running():
             time.sleep(0.5)
-        raise FederationError(f"the SuperNode stopped; see {node.log_path}")
+        raise FederationError(f"the SuperNode stopped; see {logs}")
 
 
 main = main_for(app, "fedge-client")

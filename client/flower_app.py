@@ -4,7 +4,9 @@ The same app runs in the simulation engine (one virtual node per partition, sett
 config) and in the Deployment Engine (settings from the SuperNode's ``--node-config``). The
 model, tokenizer and tokenized data are cached at module level: in the simulation engine the Ray
 actors live for the whole run, so start-up is paid once; Flower 1.41's Deployment Engine starts a
-fresh ``flwr-clientapp`` process for every message, where the cache cannot help.
+fresh ``flwr-clientapp`` process for every message, where the cache cannot help unless the data
+holder runs client/warm.py, which fills the cache once (:func:`warm_up`) and forks every task
+from that warm process.
 
 Privacy order of operations: price the round with the ledger, refuse it if it does not fit
 (reply ``declined`` with the reason; the ledger is untouched), train, store the update, charge the
@@ -18,7 +20,7 @@ import io
 import logging
 import random
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,14 @@ from fedge.errors import BudgetExceededError, FedgeError, UsageError
 from fedge.logs import get_logger
 from policies import FederationPolicy, check_text, load_one
 
-__all__ = ["ClientSettings", "app", "make_client_app", "settings_from_context"]
+__all__ = [
+    "ClientSettings",
+    "app",
+    "make_client_app",
+    "settings_from_context",
+    "settings_from_node_config",
+    "warm_up",
+]
 
 log = get_logger(__name__)
 Arrays = dict[str, npt.NDArray[Any]]
@@ -61,7 +70,13 @@ def settings_from_context(context: Context) -> ClientSettings:
     """Deployment Engine: ``--node-config``; simulation: partition id plus the run config."""
     if "partition-id" in context.node_config and "data-dir" in context.run_config:
         return _simulated_settings(context)
-    config = context.node_config
+    return settings_from_node_config(context.node_config, node_id=context.node_id)
+
+
+def settings_from_node_config(
+    config: Mapping[str, Any], *, node_id: int | None = None
+) -> ClientSettings:
+    """A data holder's settings from its SuperNode's ``--node-config`` (already parsed)."""
     try:
         data_path = Path(str(config["data-path"]))
         state_dir = Path(str(config["state-dir"]))
@@ -70,7 +85,7 @@ def settings_from_context(context: Context) -> ClientSettings:
     policy_path = config.get("policy-path")
     policy = load_one(str(policy_path), FederationPolicy) if policy_path else None
     return ClientSettings(
-        name=str(config.get("client-name", f"node-{context.node_id}")),
+        name=str(config.get("client-name", f"node-{node_id}")),
         data_path=data_path,
         state_dir=state_dir,
         policy=policy,
@@ -159,6 +174,18 @@ def _prepare(settings: ClientSettings, policy: FederationPolicy) -> _Prepared:
         )
     train_ds, eval_ds = _cache[tokens_key]
     return _Prepared(model=model, train=train_ds, eval=eval_ds)
+
+
+def warm_up(settings: ClientSettings) -> bool:
+    """Load the model and tokenize the data now, into the module cache a task then finds warm.
+
+    Only the holder's own policy says which model to load before a message arrives; without one
+    (``policy`` None: the coordinator's policy decides) nothing is loaded and this returns False.
+    """
+    if settings.policy is None:
+        return False
+    _prepare(settings, settings.policy)
+    return True
 
 
 def _coordinator_policy(message: Message) -> FederationPolicy:

@@ -10,6 +10,14 @@ leaves this machine.
 group of its own (the SuperNode starts ``flower-superexec`` and ``flwr-clientapp`` children), logs
 to a file in the state directory, and stops the whole group: SIGTERM first, which Flower handles
 by leaving cleanly, then SIGKILL after a grace period.
+
+The warm variant (``fedge-client start``'s default) runs two processes instead, both through
+client/warm.py: the SuperNode with ``--isolation process`` and its loop's idle sleep shortened,
+and fedge's own SuperExec, which loads the model once and forks each ClientApp task from that
+warm process. :func:`warm_commands` builds both command lines and :class:`WarmSuperNodeProcess`
+runs them: the SuperExec starts once the SuperNode's Runtime API listens, each in a process group
+of its own, and both groups are stopped. The SuperExec reaches that API over plain HTTP, as
+Flower's own subprocess isolation does; the API listens on loopback only, never on the network.
 """
 
 from __future__ import annotations
@@ -19,20 +27,32 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
 from fedge.errors import FederationError, UsageError
 
-__all__ = ["SuperNodeProcess", "flower_environment", "node_config_string", "supernode_command"]
+__all__ = [
+    "SuperNodeProcess",
+    "WarmCommands",
+    "WarmSuperNodeProcess",
+    "flower_environment",
+    "node_config_string",
+    "supernode_command",
+    "warm_commands",
+]
 
 SUPERNODE = "flower-supernode"
 LOG_FILE = "supernode.log"
+SUPEREXEC_LOG_FILE = "superexec.log"
+WARM_MODULE = "client.warm"
 
 _QUIET_ENV: Mapping[str, str] = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -78,28 +98,15 @@ def node_config_string(config: Mapping[str, str | int | float]) -> str:
     return " ".join(parts)
 
 
-def supernode_command(
+def _node_config(
     *,
-    superlink: str,
-    root_certificates: str | os.PathLike[str],
-    runtime_port: int,
     data_path: str | os.PathLike[str],
     state_dir: str | os.PathLike[str],
     client_name: str,
-    policy_path: str | os.PathLike[str] | None = None,
-    eval_fraction: float | None = None,
-    host: str = "127.0.0.1",
-    executable: str = SUPERNODE,
-) -> list[str]:
-    """The ``flower-supernode`` command line for one data holder.
-
-    ``superlink`` is the SuperLink's ``HOST:PORT``; ``runtime_port`` is this SuperNode's own
-    local port for its ClientApps (one per SuperNode on a machine). Paths are made absolute,
-    since the ClientApp runs with another working directory. TLS is always on: there is no
-    ``--insecure`` here on purpose.
-    """
-    if not 0 < runtime_port < 65536:
-        raise UsageError(f"runtime_port: {runtime_port} is not a TCP port number")
+    policy_path: str | os.PathLike[str] | None,
+    eval_fraction: float | None,
+) -> str:
+    """The ``--node-config`` string; paths absolute, since Flower's processes run elsewhere."""
     if eval_fraction is not None and not 0.0 <= eval_fraction < 1.0:
         raise UsageError(f"eval_fraction: expected a number in [0, 1), got {eval_fraction}")
     if not client_name.strip():
@@ -113,19 +120,113 @@ def supernode_command(
         config["policy-path"] = str(Path(policy_path).resolve())
     if eval_fraction is not None:
         config["eval-fraction"] = float(eval_fraction)
+    return node_config_string(config)
+
+
+def _check_port(runtime_port: int) -> None:
+    if not 0 < runtime_port < 65536:
+        raise UsageError(f"runtime_port: {runtime_port} is not a TCP port number")
+
+
+def supernode_command(
+    *,
+    superlink: str,
+    root_certificates: str | os.PathLike[str],
+    runtime_port: int,
+    data_path: str | os.PathLike[str],
+    state_dir: str | os.PathLike[str],
+    client_name: str,
+    policy_path: str | os.PathLike[str] | None = None,
+    eval_fraction: float | None = None,
+    host: str = "127.0.0.1",
+    executable: str = SUPERNODE,
+    warm: bool = False,
+) -> list[str]:
+    """The ``flower-supernode`` command line for one data holder.
+
+    ``superlink`` is the SuperLink's ``HOST:PORT``; ``runtime_port`` is this SuperNode's own
+    local port for its ClientApps (one per SuperNode on a machine). Paths are made absolute,
+    since the ClientApp runs with another working directory. TLS is always on: there is no
+    ``--insecure`` here on purpose.
+
+    ``warm``: the SuperNode runs through ``python -m client.warm supernode`` (this interpreter;
+    ``executable`` is not used) with ``--isolation process``: it starts no SuperExec, the one
+    from :func:`warm_commands` must run beside it.
+    """
+    _check_port(runtime_port)
+    node_config = _node_config(
+        data_path=data_path,
+        state_dir=state_dir,
+        client_name=client_name,
+        policy_path=policy_path,
+        eval_fraction=eval_fraction,
+    )
+    prefix = [sys.executable, "-m", WARM_MODULE, "supernode"] if warm else [executable]
     return [
-        executable,
+        *prefix,
         "--superlink",
         superlink,
         "--root-certificates",
         str(Path(root_certificates).resolve()),
+        *(["--isolation", "process"] if warm else []),
         "--host",
         host,
         "--port",
         str(runtime_port),
         "--node-config",
-        node_config_string(config),
+        node_config,
     ]
+
+
+@dataclass(frozen=True)
+class WarmCommands:
+    """The two processes of a warm data holder (see :func:`warm_commands`)."""
+
+    supernode: list[str]
+    superexec: list[str]
+    """Without ``--parent-pid``: :class:`WarmSuperNodeProcess` adds the SuperNode's pid."""
+    host: str
+    runtime_port: int
+
+
+def warm_commands(
+    *,
+    superlink: str,
+    root_certificates: str | os.PathLike[str],
+    runtime_port: int,
+    data_path: str | os.PathLike[str],
+    state_dir: str | os.PathLike[str],
+    client_name: str,
+    policy_path: str | os.PathLike[str] | None = None,
+    eval_fraction: float | None = None,
+    preload: bool = True,
+) -> WarmCommands:
+    """The SuperNode (``--isolation process``) and fedge's warm SuperExec beside it.
+
+    The SuperExec connects to the SuperNode's Runtime API on ``127.0.0.1:runtime_port`` with
+    ``--insecure``: plain HTTP, which is what Flower's default isolation uses too, and safe only
+    because the API listens on loopback (``host`` is fixed to 127.0.0.1 here for that reason).
+    With ``preload`` the SuperExec gets the SuperNode's node config and loads the model and the
+    tokenized data before the first task arrives.
+    """
+    host = "127.0.0.1"
+    supernode = supernode_command(
+        superlink=superlink,
+        root_certificates=root_certificates,
+        runtime_port=runtime_port,
+        data_path=data_path,
+        state_dir=state_dir,
+        client_name=client_name,
+        policy_path=policy_path,
+        eval_fraction=eval_fraction,
+        host=host,
+        warm=True,
+    )
+    superexec = [sys.executable, "-m", WARM_MODULE, "superexec"]
+    if preload:
+        superexec += ["--preload-node-config", supernode[supernode.index("--node-config") + 1]]
+    superexec += ["--insecure", "--runtime-api-address", f"{host}:{runtime_port}"]
+    return WarmCommands(supernode, superexec, host, runtime_port)
 
 
 def flower_environment(
@@ -159,11 +260,12 @@ class SuperNodeProcess:
         flwr_home: str | os.PathLike[str] | None = None,
         grace: float = 10.0,
         env: Mapping[str, str] | None = None,
+        log_name: str = LOG_FILE,
     ) -> None:
         self.command = list(command)
         self.state_dir = Path(state_dir)
         self.flwr_home = Path(flwr_home) if flwr_home is not None else self.state_dir / "flwr"
-        self.log_path = self.state_dir / LOG_FILE
+        self.log_path = self.state_dir / log_name
         self.grace = grace
         self._base_env = env
         self._process: subprocess.Popen[bytes] | None = None
@@ -279,6 +381,120 @@ class SuperNodeProcess:
 
     def __enter__(self) -> SuperNodeProcess:
         return self if self._process is not None else self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class WarmSuperNodeProcess:
+    """A warm data holder: the SuperNode and fedge's forking SuperExec (:func:`warm_commands`).
+
+    ``start`` refuses a Runtime API port that something already listens on (the SuperExec would
+    take its tasks from that process), starts the SuperNode, waits until its Runtime API
+    listens, then starts the SuperExec with ``--parent-pid`` of the SuperNode, so that it also
+    leaves if the SuperNode dies. Each runs in a process group of its own with its own log in
+    the state directory; ``stop`` stops the SuperExec's group (with any ClientApp it forked),
+    then the SuperNode's. Idempotent, and safe after a failed ``start``.
+    """
+
+    def __init__(
+        self,
+        commands: WarmCommands,
+        *,
+        state_dir: str | os.PathLike[str],
+        flwr_home: str | os.PathLike[str] | None = None,
+        grace: float = 10.0,
+        env: Mapping[str, str] | None = None,
+        ready_timeout: float = 60.0,
+    ) -> None:
+        self.commands = commands
+        self.state_dir = Path(state_dir)
+        self.ready_timeout = ready_timeout
+        home = Path(flwr_home) if flwr_home is not None else self.state_dir / "flwr"
+        self.supernode = SuperNodeProcess(
+            commands.supernode, state_dir=state_dir, flwr_home=home, grace=grace, env=env
+        )
+        self._env = env
+        self._home = home
+        self.superexec: SuperNodeProcess | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.supernode.log_path
+
+    @property
+    def superexec_log_path(self) -> Path:
+        return self.state_dir / SUPEREXEC_LOG_FILE
+
+    @property
+    def pid(self) -> int | None:
+        return self.supernode.pid
+
+    def running(self) -> bool:
+        return self.supernode.running() and self.superexec is not None and self.superexec.running()
+
+    def start(self) -> WarmSuperNodeProcess:
+        host, port = self.commands.host, self.commands.runtime_port
+        if self.supernode.pid is not None:
+            raise UsageError("this SuperNode was started already")
+        if _listening(host, port):
+            raise FederationError(
+                f"port {port} on {host} is in use: pick another --port for the SuperNode"
+            )
+        try:
+            self.supernode.start()
+            deadline = time.monotonic() + self.ready_timeout
+            while not _listening(host, port):
+                if not self.supernode.running():
+                    raise FederationError(
+                        f"the SuperNode stopped before its Runtime API listened; see "
+                        f"{self.supernode.log_path}"
+                    )
+                if time.monotonic() > deadline:
+                    raise FederationError(
+                        f"the SuperNode's Runtime API did not listen on {host}:{port} within "
+                        f"{self.ready_timeout:.0f} s; see {self.supernode.log_path}"
+                    )
+                time.sleep(0.1)
+            self.superexec = SuperNodeProcess(
+                [*self.commands.superexec, "--parent-pid", str(self.supernode.pid)],
+                state_dir=self.state_dir,
+                flwr_home=self._home,
+                grace=self.supernode.grace,
+                env=self._env,
+                log_name=SUPEREXEC_LOG_FILE,
+            ).start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> int | None:
+        """Stop the SuperExec (and its ClientApps), then the SuperNode; the SuperNode's status."""
+        if self.superexec is not None:
+            self.superexec.stop()
+        return self.supernode.stop()
+
+    def log_text(self) -> str:
+        """Both logs so far (for a failure report)."""
+        superexec = self.superexec.log_text() if self.superexec is not None else ""
+        return f"{self.supernode.log_text()}\n--- {SUPEREXEC_LOG_FILE}\n{superexec}"
+
+    def __enter__(self) -> WarmSuperNodeProcess:
+        return self if self.supernode.pid is not None else self.start()
 
     def __exit__(
         self,

@@ -11,6 +11,7 @@ the outcome.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -31,7 +32,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from client.model import build_tiny_model
-from client.supernode import SuperNodeProcess, node_config_string, supernode_command
+from client.supernode import (
+    SuperNodeProcess,
+    WarmCommands,
+    WarmSuperNodeProcess,
+    node_config_string,
+    supernode_command,
+    warm_commands,
+)
 from client.synthetic import generate, write_synthetic
 from fedge.errors import FederationError, UsageError
 from fedge.tls import CertPaths, generate_federation_certs
@@ -175,6 +183,85 @@ def test_supernode_command_quotes_the_node_config(tmp_path: Path) -> None:
         )
     with pytest.raises(UsageError, match="not a usable key"):
         node_config_string({"a b": "x"})
+
+
+def test_warm_commands_run_both_halves_through_client_warm(tmp_path: Path) -> None:
+    from flwr.common.config import parse_config_args
+
+    from client.warm import parse_node_config
+
+    commands = warm_commands(
+        superlink="127.0.0.1:9092",
+        root_certificates=tmp_path / "ca.crt",
+        runtime_port=9094,
+        data_path=tmp_path / 'odd "dir"' / "client-0.tsv",
+        state_dir=tmp_path / "state",
+        client_name="north",
+        policy_path=tmp_path / "own.yaml",
+    )
+    node, executor = commands.supernode, commands.superexec
+    assert node[:4] == [sys.executable, "-m", "client.warm", "supernode"]
+    assert node[node.index("--isolation") + 1] == "process"
+    assert node[node.index("--host") + 1] == "127.0.0.1"  # the Runtime API stays on loopback
+    assert "--insecure" not in node  # the SuperLink connection is TLS
+    assert executor[:4] == [sys.executable, "-m", "client.warm", "superexec"]
+    assert executor[executor.index("--runtime-api-address") + 1] == "127.0.0.1:9094"
+    assert "--insecure" in executor  # plain HTTP, loopback only
+    assert "--parent-pid" not in executor  # WarmSuperNodeProcess adds the SuperNode's pid
+    node_config = node[node.index("--node-config") + 1]
+    preload = executor[executor.index("--preload-node-config") + 1]
+    assert preload == node_config
+    assert parse_node_config(preload) == parse_config_args([node_config])
+    assert parse_node_config('{"data-path": "/d"}') == {"data-path": "/d"}
+    # the default command is unchanged
+    plain = supernode_command(
+        superlink="127.0.0.1:9092",
+        root_certificates=tmp_path / "ca.crt",
+        runtime_port=9094,
+        data_path="d",
+        state_dir="s",
+        client_name="c",
+    )
+    assert plain[0] == "flower-supernode" and "--isolation" not in plain
+
+
+def test_the_supernode_sleep_cap_touches_only_its_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flwr.supernode.start_client_internal as loop
+
+    from client.warm import cap_supernode_sleep
+
+    monkeypatch.setattr(loop, "time", time)  # both restored after the test
+    monkeypatch.setattr(loop, "pull_objects", vars(loop)["pull_objects"])
+    assert cap_supernode_sleep(0.05)
+    shim = vars(loop)["time"]
+    started = time.monotonic()
+    shim.sleep(3)
+    assert time.monotonic() - started < 1.0
+    assert shim is not time and shim.monotonic is time.monotonic
+    assert time.sleep is not shim.sleep  # the real module is untouched
+    pull = vars(loop)["pull_objects"]
+    assert isinstance(pull, functools.partial) and pull.keywords == {"initial_backoff": 0.05}
+    with pytest.raises(ValueError, match="idle poll"):
+        cap_supernode_sleep(0)
+
+
+def test_warm_supernode_refuses_a_busy_port_and_a_dead_supernode(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind((LOOPBACK, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        commands = WarmCommands(["python", "-c", "pass"], ["python", "-c", "pass"], LOOPBACK, port)
+        with pytest.raises(FederationError, match=f"port {port} on 127.0.0.1 is in use"):
+            WarmSuperNodeProcess(commands, state_dir=tmp_path).start()
+    dead = WarmCommands(
+        ["python", "-c", "raise SystemExit(3)"], ["python", "-c", "pass"], LOOPBACK, _free_port()
+    )
+    node = WarmSuperNodeProcess(dead, state_dir=tmp_path, grace=1.0)
+    with pytest.raises(FederationError, match="stopped before its Runtime API listened"):
+        node.start()
+    assert node.superexec is None and not node.running()
+    assert node.stop() == 3  # idempotent after a failed start
+    assert node.stop() == 3
 
 
 def test_supernode_process_missing_binary_and_idempotent_stop(tmp_path: Path) -> None:
@@ -447,7 +534,9 @@ def _cmdlines() -> list[bytes]:
 
 
 @pytest.mark.slow
-def test_two_supernodes_train_over_tls(tmp_path: Path, superlink: SuperLink) -> None:
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_two_supernodes_train_over_tls(tmp_path: Path, superlink: SuperLink, warm: bool) -> None:
+    """Two holders through ``fedge-client start``; ``warm``: client/warm.py's forking SuperExec."""
     started = time.monotonic()
     port = int(superlink.address.rsplit(":", 1)[1])
     _plain_http_is_refused(port)
@@ -486,6 +575,7 @@ def test_two_supernodes_train_over_tls(tmp_path: Path, superlink: SuperLink) -> 
                 name,
                 "--port",
                 str(_free_port()),
+                "--warm" if warm else "--no-warm",
             ]
             with log.open("wb") as handle:
                 holders.append(
@@ -534,7 +624,8 @@ def test_two_supernodes_train_over_tls(tmp_path: Path, superlink: SuperLink) -> 
     leftovers = [
         cmdline
         for cmdline in _cmdlines()
-        if b"flower-supernode" in cmdline and str(tmp_path).encode() in cmdline
+        if (b"flower-supernode" in cmdline or b"client.warm" in cmdline)
+        and str(tmp_path).encode() in cmdline
     ]
     assert leftovers == [], "a SuperNode outlived `fedge-client start`"
 
@@ -548,8 +639,17 @@ def test_two_supernodes_train_over_tls(tmp_path: Path, superlink: SuperLink) -> 
     for name in names:
         ledgers = list((tmp_path / "holders" / name / "privacy").glob("*.json"))
         assert ledgers, f"{name} kept no privacy ledger"
+        superexec_log = tmp_path / "holders" / name / "superexec.log"
+        if warm:  # the model was loaded once, and every ClientApp was forked from that process
+            text = superexec_log.read_text(errors="replace")
+            assert "pre-loaded the model" in text, text[-2000:]
+            assert text.count("ClientApp forked as process") >= 3, text[-2000:]
+            assert "exited with status" not in text, text[-2000:]
+        else:
+            assert not superexec_log.exists()
     print(  # the figures for the report; pytest -s shows them
-        f"deployment engine: {time.monotonic() - started:.1f} s in all; rounds took "
+        f"deployment engine ({'warm' if warm else 'cold'}): "
+        f"{time.monotonic() - started:.1f} s in all; rounds took "
         + ", ".join(f"{line['seconds']:.1f} s" for line in lines)
     )
 
