@@ -390,6 +390,13 @@ def noise_for_budget(
         planned = [(sigma, float(sample_rate), steps_per_round)] * rounds
         return epsilon_for(past + planned, delta=budget.delta, accountant=budget.accountant)
 
+    if past and past[-1][1:] == (float(sample_rate), steps_per_round):
+        # A run that keeps its plan asks the same question every round: the noise chosen last
+        # round still answers it, and one pricing replaces a dozen in the search below.
+        sigma = past[-1][0]
+        eps = price(sigma)
+        if eps <= budget.target_epsilon and budget.target_epsilon - eps <= epsilon_tolerance:
+            return sigma
     sigma_low, sigma_high, eps_high = 0.0, 10.0, math.inf
     while eps_high > budget.target_epsilon:
         sigma_high *= 2

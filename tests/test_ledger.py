@@ -583,3 +583,35 @@ def test_spent_never_decreases_never_passes_the_budget_and_quote_is_the_charge(r
             assert spent <= now <= target
             spent = now
         assert ledger.spent() == epsilon_for(ledger.history(), delta=DELTA, accountant="rdp")
+
+
+def test_a_run_that_keeps_its_plan_reuses_last_rounds_noise() -> None:
+    from client.ledger import noise_for_budget
+
+    first = noise_for_budget(
+        target_epsilon=4.0, delta=1e-5, sample_rate=0.05, steps_per_round=20, rounds=3
+    )
+    history = [(first, 0.05, 20)]
+    second = noise_for_budget(
+        target_epsilon=4.0,
+        delta=1e-5,
+        sample_rate=0.05,
+        steps_per_round=20,
+        rounds=2,
+        history=history,
+    )
+    assert second == first
+    # a changed plan (other steps) still searches, and still fits the budget
+    other = noise_for_budget(
+        target_epsilon=4.0,
+        delta=1e-5,
+        sample_rate=0.05,
+        steps_per_round=30,
+        rounds=2,
+        history=history,
+    )
+    assert other != first
+    total = epsilon_for(
+        [*history, (other, 0.05, 30), (other, 0.05, 30)], delta=1e-5, accountant="rdp"
+    )
+    assert 4.0 - 0.01 <= total <= 4.0
