@@ -126,6 +126,7 @@ def _quiet() -> None:
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     warnings.filterwarnings("ignore", module="opacus")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     warnings.filterwarnings("ignore", message=".*Full backward hook.*")
     logging.getLogger("opacus").setLevel(logging.ERROR)
 

@@ -38,6 +38,7 @@ from types import TracebackType
 from typing import IO
 
 from fedge.errors import FederationError, UsageError
+from fedge.flower_env import flower_environment
 
 __all__ = [
     "SuperNodeProcess",
@@ -53,13 +54,6 @@ SUPERNODE = "flower-supernode"
 LOG_FILE = "supernode.log"
 SUPEREXEC_LOG_FILE = "superexec.log"
 WARM_MODULE = "client.warm"
-
-_QUIET_ENV: Mapping[str, str] = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "HF_HUB_OFFLINE": "1",
-}
 
 
 def _config_string(value: str) -> str:
@@ -227,23 +221,6 @@ def warm_commands(
         superexec += ["--preload-node-config", supernode[supernode.index("--node-config") + 1]]
     superexec += ["--insecure", "--runtime-api-address", f"{host}:{runtime_port}"]
     return WarmCommands(supernode, superexec, host, runtime_port)
-
-
-def flower_environment(
-    flwr_home: str | os.PathLike[str], *, base: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """Telemetry off, a private ``FLWR_HOME``, this interpreter's ``bin`` first on ``PATH``.
-
-    The SuperNode starts ``flower-superexec`` and ``flwr-clientapp`` by bare name; they must
-    come from the installation that has fedge's ClientApp.
-    """
-    env = dict(os.environ if base is None else base)
-    env.update(_QUIET_ENV)
-    env["FLWR_HOME"] = str(Path(flwr_home).resolve())
-    bin_dir = str(Path(sys.executable).parent)
-    parts = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir]
-    env["PATH"] = os.pathsep.join([bin_dir, *parts])
-    return env
 
 
 class SuperNodeProcess:

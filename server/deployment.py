@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +36,7 @@ from typing import Any
 
 from fedge.atomic import atomic_write_text
 from fedge.errors import FederationError, UsageError
+from fedge.flower_env import flower_environment
 
 __all__ = [
     "COMPLETED",
@@ -56,33 +56,8 @@ CONNECTION = "fedge"
 COMPLETED = "finished:completed"
 CONFIG_FILE = "config.toml"
 
-# Flower phones home and checks for updates unless told not to; Ray (simulation) likewise.
-_QUIET_ENV: Mapping[str, str] = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "HF_HUB_OFFLINE": "1",
-}
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _COMMAND_TIMEOUT = 120.0
-
-
-def flower_environment(
-    flwr_home: str | os.PathLike[str], *, base: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """The environment of every Flower process fedge starts.
-
-    Telemetry and update checks off, ``FLWR_HOME`` private, and this interpreter's ``bin``
-    folder first on ``PATH``: Flower starts its helpers (``flower-superexec``,
-    ``flwr-serverapp``) by bare name, and they must come from the installation that has fedge.
-    """
-    env = dict(os.environ if base is None else base)
-    env.update(_QUIET_ENV)
-    env["FLWR_HOME"] = str(Path(flwr_home).resolve())
-    bin_dir = str(Path(sys.executable).parent)
-    parts = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir]
-    env["PATH"] = os.pathsep.join([bin_dir, *parts])
-    return env
 
 
 def _toml_string(value: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from flwr.simulation.run_simulation import _run_simulation
 from flwr.supercore.telemetry import EventType
 
+from fedge.flower_env import QUIET_ENV
 from server.app_dir import CLIENT_APP
 from server.federation import RoundReport, RunSettings
 from server.flower_app import make_server_app
@@ -35,12 +36,8 @@ def simulate(
 
     An exception in the ServerApp (a FederationError, say) is re-raised here by the runtime.
     """
-    for key, value in {
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "HF_HUB_OFFLINE": "1",
-        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # CPU-only clients keep GPUs hidden, quietly
-    }.items():
+    quiet = {**QUIET_ENV, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}  # CPU clients: GPUs hidden
+    for key, value in quiet.items():
         os.environ.setdefault(key, value)
     server_app = make_server_app(lambda _context: settings, progress=progress)
     _run_simulation(
