@@ -390,6 +390,14 @@ def noise_for_budget(
         planned = [(sigma, float(sample_rate), steps_per_round)] * rounds
         return epsilon_for(past + planned, delta=budget.delta, accountant=budget.accountant)
 
+    if past:
+        spent = epsilon_for(past, delta=budget.delta, accountant=budget.accountant)
+        if spent >= budget.target_epsilon:
+            # More rounds only add epsilon: say so now, not after a search up to the noise cap.
+            raise UsageError(
+                f"epsilon {spent:.4g} is already spent of a budget of {budget.target_epsilon:g} "
+                f"(delta {budget.delta:g}); no further round fits"
+            )
     if past and past[-1][1:] == (float(sample_rate), steps_per_round):
         # A run that keeps its plan asks the same question every round: the noise chosen last
         # round still answers it, and one pricing replaces a dozen in the search below.

@@ -42,6 +42,7 @@ from server.strategy import make_strategy, restore_strategy_state, strategy_stat
 __all__ = ["RoundReport", "RunSettings", "collect_replies", "run_federation"]
 
 log = get_logger(__name__)
+_MIN_GRACE = 0.5
 Arrays = dict[str, npt.NDArray[Any]]
 
 
@@ -108,8 +109,9 @@ def collect_replies(
 ) -> list[Message]:
     """Push ``messages`` and pull replies until all came, the timeout, or minimum + grace.
 
-    The grace period after the minimum is a quarter of the time the minimum took (at least one
-    poll): fast federations stay fast, slow ones give slower peers a proportionate chance.
+    The grace period after the minimum is a quarter of the time the minimum took, and at least
+    half a second: fast federations stay fast, slow ones give slower peers a proportionate
+    chance, and a peer that is merely a little behind (a quick decline, say) still counts.
     """
     ids = list(grid.push_messages(messages))
     pending, replies = set(ids), []
@@ -125,7 +127,7 @@ def collect_replies(
         if not pending or now - started >= timeout:
             break
         if minimum_at is not None and now - minimum_at >= max(
-            poll_interval, (minimum_at - started) / 4
+            poll_interval, _MIN_GRACE, (minimum_at - started) / 4
         ):
             break
         time.sleep(poll_interval)

@@ -515,8 +515,8 @@ def test_noise_for_the_remaining_budget_lets_every_planned_round_through(tmp_pat
     assert 4.0 - 0.05 <= ledger.spent() <= 4.0
 
 
-def test_a_plan_no_noise_can_fit_is_a_usage_error():
-    with pytest.raises(UsageError, match="no noise multiplier"):
+def test_a_history_past_the_budget_fails_at_once():
+    with pytest.raises(UsageError, match="already spent of a budget of 1 .*no further round fits"):
         noise_for_budget(
             target_epsilon=1.0,
             delta=DELTA,
