@@ -56,7 +56,7 @@ if str(ROOT) not in sys.path:
 from client.model import BUILTIN_MINILM, build_tiny_model  # noqa: E402
 from client.synthetic import generate, write_synthetic  # noqa: E402
 from fedge.tls import CertPaths, generate_federation_certs  # noqa: E402
-from server.deployment import flower_environment  # noqa: E402
+from server.deployment import flower_environment, superlink_command  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 MODES = ("cold", "warm")
@@ -180,20 +180,7 @@ def start_superlink(bench: Bench, certs: CertPaths) -> str:
     log = bench.scratch / "superlink.log"
     bench.start(
         "superlink",
-        [
-            executable,
-            "--ssl-ca-certfile",
-            str(certs.ca_cert),
-            "--ssl-certfile",
-            str(certs.server_cert),
-            "--ssl-keyfile",
-            str(certs.server_key),
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(port),
-            "--disable-runtime-dependency-installation",
-        ],
+        superlink_command(certs, host=LOOPBACK, port=port, executable=executable),
         log,
         env,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -305,11 +306,9 @@ def certs(
     )
     out.print(f"CA certificate      {paths.ca_cert} (give it to every data holder)")
     out.print(f"SuperLink cert/key  {paths.server_cert} / {paths.server_key}")
-    out.print(
-        "start the SuperLink with: flower-superlink --ssl-ca-certfile "
-        f"{paths.ca_cert} --ssl-certfile {paths.server_cert} --ssl-keyfile {paths.server_key} "
-        "--disable-runtime-dependency-installation"
-    )
+    from server.deployment import superlink_command
+
+    out.print(f"start the SuperLink with: {shlex.join(superlink_command(paths))}", markup=False)
 
 
 @app.command("demo")

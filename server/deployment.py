@@ -37,6 +37,7 @@ from typing import Any
 from fedge.atomic import atomic_write_text
 from fedge.errors import FederationError, UsageError
 from fedge.flower_env import flower_environment
+from fedge.tls import CertPaths
 
 __all__ = [
     "COMPLETED",
@@ -47,6 +48,7 @@ __all__ = [
     "run_status",
     "stop_run",
     "submit_run",
+    "superlink_command",
     "wait_for_run",
     "write_flwr_home",
 ]
@@ -79,6 +81,30 @@ def _toml_value(key: str, value: object) -> str:
     raise UsageError(
         f"run config: {key}: expected a string or a number, got {type(value).__name__}"
     )
+
+
+def superlink_command(
+    certs: CertPaths,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 9092,
+    executable: str = "flower-superlink",
+) -> list[str]:
+    """``flower-superlink`` with TLS from ``fedge certs`` and no dependency installs at run time."""
+    return [
+        executable,
+        "--ssl-ca-certfile",
+        str(certs.ca_cert),
+        "--ssl-certfile",
+        str(certs.server_cert),
+        "--ssl-keyfile",
+        str(certs.server_key),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--disable-runtime-dependency-installation",
+    ]
 
 
 def write_flwr_home(

@@ -51,6 +51,7 @@ from server.deployment import (
     run_status,
     stop_run,
     submit_run,
+    superlink_command,
     wait_for_run,
     write_flwr_home,
 )
@@ -447,20 +448,7 @@ def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuperLink]:
     log = tmp_path / "superlink.log"
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [
-                executable,
-                "--ssl-ca-certfile",
-                str(certs.ca_cert),
-                "--ssl-certfile",
-                str(certs.server_cert),
-                "--ssl-keyfile",
-                str(certs.server_key),
-                "--host",
-                LOOPBACK,
-                "--port",
-                str(port),
-                "--disable-runtime-dependency-installation",
-            ],
+            superlink_command(certs, host=LOOPBACK, port=port, executable=executable),
             env=env,
             cwd=tmp_path,
             stdin=subprocess.DEVNULL,
