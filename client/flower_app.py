@@ -34,7 +34,7 @@ from torch.utils.data import TensorDataset
 from client.data import LabelledData, load_labelled
 from client.ledger import PrivacyLedger
 from client.model import TrainableModel, get_trainable, load_trainable_model, set_trainable
-from client.training import encode, evaluate, pick_device, plan_round, train_round
+from client.training import RoundPlan, encode, evaluate, pick_device, plan_round, train_round
 from fedge import messages as m
 from fedge.atomic import atomic_write_bytes
 from fedge.errors import BudgetExceededError, FedgeError, UsageError
@@ -185,7 +185,18 @@ def warm_up(settings: ClientSettings) -> bool:
     """
     if settings.policy is None:
         return False
-    _prepare(settings, settings.policy)
+    policy = settings.policy
+    _prepare(settings, policy)
+    # Price the next round once here, so the RDP curves it needs are computed before the fork
+    # and every task inherits them (client/ledger.py caches them per noise and sample rate).
+    ledger = PrivacyLedger.for_policy(settings.state_dir, policy)
+    try:
+        plan = _plan(settings, policy, policy, ledger, rounds_left=policy.spec.rounds)
+        ledger.quote(
+            noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=plan.steps
+        )
+    except (BudgetExceededError, UsageError) as exc:
+        log.info("warm-up: the next round would be declined (%s)", exc)
     return True
 
 
@@ -249,6 +260,29 @@ def _load_update(path: Path) -> tuple[Arrays, dict[str, int | float]]:
 
 
 def _train(message: Message, settings: ClientSettings) -> Message:
+    """Train one round; first evaluate the incoming model when the coordinator asks.
+
+    Evaluating the model a train message carries (the global model of the previous round) saves
+    the coordinator a second message, and with it a second round trip through the SuperLink and
+    a second ClientApp start, per round. It happens before the budget check, so a holder that
+    declines to train still says how the model does on its data.
+    """
+    config = message.content.config_records[m.CONFIG]
+    evaluation = None
+    if int(str(config.get(m.EVALUATE, 0))):
+        own = settings.policy or _coordinator_policy(message)
+        evaluation = _evaluation(settings, own, _arrays(message))
+    reply = _train_only(message, settings)
+    if evaluation is not None and reply.has_content():
+        # In the one MetricRecord Flower's strategies accept, with its own example count.
+        metrics = reply.content.metric_records[m.METRICS]
+        metrics[m.EVAL_EXAMPLES] = evaluation[m.NUM_EXAMPLES]
+        metrics[m.EVAL_LOSS] = evaluation[m.EVAL_LOSS]
+        metrics[m.EVAL_ACCURACY] = evaluation[m.EVAL_ACCURACY]
+    return reply
+
+
+def _train_only(message: Message, settings: ClientSettings) -> Message:
     config = message.content.config_records[m.CONFIG]
     round_, rounds, run_id = (
         int(str(config[m.ROUND])),
@@ -269,21 +303,9 @@ def _train(message: Message, settings: ClientSettings) -> Message:
         return _decline(
             message, settings, ledger, "this round was already charged and its update is lost"
         )
-    training, privacy = coordinator.spec.training, own.spec.privacy
+    training = coordinator.spec.training
     try:
-        train_data, _held = _local_data(settings, own.spec.model.num_labels)
-        plan = plan_round(
-            num_examples=len(train_data),
-            batch_size=training.batch_size,
-            epochs=training.local_epochs,
-            max_grad_norm=privacy.max_grad_norm,
-            rounds=max(1, rounds - round_ + 1),
-            target_epsilon=privacy.target_epsilon,
-            delta=privacy.delta,
-            accountant=privacy.accountant,
-            noise_multiplier=privacy.noise_multiplier,
-            history=ledger.history(),
-        )
+        plan = _plan(settings, own, coordinator, ledger, rounds_left=max(1, rounds - round_ + 1))
         before = ledger.spent()
         ledger.check(
             round=round_,
@@ -331,6 +353,31 @@ def _train(message: Message, settings: ClientSettings) -> Message:
     return _reply(message, settings, metrics, arrays=update)
 
 
+def _plan(
+    settings: ClientSettings,
+    own: FederationPolicy,
+    coordinator: FederationPolicy,
+    ledger: PrivacyLedger,
+    *,
+    rounds_left: int,
+) -> RoundPlan:
+    """This round's noise and steps: the coordinator's training settings, the holder's budget."""
+    training, privacy = coordinator.spec.training, own.spec.privacy
+    train_data, _held = _local_data(settings, own.spec.model.num_labels)
+    return plan_round(
+        num_examples=len(train_data),
+        batch_size=training.batch_size,
+        epochs=training.local_epochs,
+        max_grad_norm=privacy.max_grad_norm,
+        rounds=rounds_left,
+        target_epsilon=privacy.target_epsilon,
+        delta=privacy.delta,
+        accountant=privacy.accountant,
+        noise_multiplier=privacy.noise_multiplier,
+        history=ledger.history(),
+    )
+
+
 def _decline(
     message: Message, settings: ClientSettings, ledger: PrivacyLedger, reason: str
 ) -> Message:
@@ -339,20 +386,30 @@ def _decline(
     return _reply(message, settings, metrics, reason=reason)
 
 
-def _evaluate(message: Message, settings: ClientSettings) -> Message:
-    prepared = _prepare(settings, settings.policy or _coordinator_policy(message))
-    set_trainable(prepared.model.model, _arrays(message))
+def _evaluation(
+    settings: ClientSettings, policy: FederationPolicy, arrays: Arrays
+) -> dict[str, int | float] | None:
+    """Loss and accuracy of ``arrays`` on the held-out part; None when there is none."""
+    prepared = _prepare(settings, policy)
+    set_trainable(prepared.model.model, arrays)
     scores = evaluate(prepared.model.model, prepared.eval, device=pick_device())
     if scores.num_examples == 0:
-        return _reply(
-            message, settings, {m.DECLINED: 1, m.NUM_EXAMPLES: 0}, reason="no held-out examples"
-        )
-    metrics: dict[str, int | float] = {
+        return None
+    return {
         m.NUM_EXAMPLES: scores.num_examples,
         m.EVAL_LOSS: scores.loss,
         m.EVAL_ACCURACY: scores.accuracy,
         m.DECLINED: 0,
     }
+
+
+def _evaluate(message: Message, settings: ClientSettings) -> Message:
+    policy = settings.policy or _coordinator_policy(message)
+    metrics = _evaluation(settings, policy, _arrays(message))
+    if metrics is None:
+        return _reply(
+            message, settings, {m.DECLINED: 1, m.NUM_EXAMPLES: 0}, reason="no held-out examples"
+        )
     return _reply(message, settings, metrics)
 
 

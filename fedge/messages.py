@@ -13,7 +13,9 @@ __all__ = [
     "DECLINED",
     "EPSILON",
     "EPSILON_ROUND",
+    "EVALUATE",
     "EVAL_ACCURACY",
+    "EVAL_EXAMPLES",
     "EVAL_LOSS",
     "INFO",
     "METRICS",
@@ -42,6 +44,7 @@ ROUNDS = "rounds"
 RUN_ID = "run-id"
 POLICY = "policy"  # the coordinator's FederationPolicy as YAML; the client validates it
 QUERY_INIT = "fedge_init"  # query: reply with the initial adapter and head
+EVALUATE = "evaluate"  # 1 on a train message: first evaluate the model it carries
 
 # Client -> server metric keys.
 NUM_EXAMPLES = "num-examples"
@@ -54,6 +57,7 @@ STEPS = "steps"
 DECLINED = "declined"  # 1 when the client refused the round (its budget, its data)
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
+EVAL_EXAMPLES = "eval-examples"  # on a train reply: held-out examples behind eval-loss/-accuracy
 
 # Client -> server info keys.
 CLIENT = "client"  # the data holder's stable name (Flower node ids change across restarts)

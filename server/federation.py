@@ -5,8 +5,11 @@ the ServerApp); everything else here is bookkeeping. Each round samples clients,
 global adapter, and pulls replies until every sampled client answered, or the round timeout
 passed, or the minimum answered and the stragglers had a grace period: a dropped client never
 stalls a round once the minimum replied. Declines (a client's budget or data said no) and broken
-replies are counted and left out of the aggregate. After each round a metrics line and a
-checkpoint are written, so a coordinator killed mid-run resumes at the next round.
+replies are counted and left out of the aggregate. Federated evaluation rides on the next round's
+train message (one round trip per round instead of two), plus one evaluate message after the
+last round. After each round a checkpoint is written, and each round's metrics line once its
+model is evaluated; the checkpoint carries the line still waiting, so a coordinator killed
+mid-run resumes at the next round and loses no line.
 """
 
 from __future__ import annotations
@@ -61,7 +64,14 @@ class RunSettings:
 
 @dataclass
 class RoundReport:
-    """One line of ``metrics.jsonl``."""
+    """One line of ``metrics.jsonl``.
+
+    ``eval_*`` describe the global model this round produced, on the held-out data of the
+    clients that evaluated it: those sampled for the next round, which evaluate the model their
+    train message carries before training (as NVFlare's scatter-and-gather validates the global
+    model), or, after the last round, ``fraction_evaluate`` of the clients. A line is therefore
+    written when its model has been evaluated, one round later than its training.
+    """
 
     round: int
     status: str  # "ok", or "skipped" when fewer than the minimum replied usefully
@@ -162,6 +172,32 @@ def _fits(reply: Message, reference: Mapping[str, npt.NDArray[Any]]) -> bool:
     return all(tuple(record[k].shape) == reference[k].shape for k in reference)
 
 
+def _record_of(reply: Message, name: str) -> MetricRecord | None:
+    if reply.has_error() or not reply.has_content():
+        return None
+    return reply.content.metric_records.get(name)
+
+
+def _fill_evaluation(
+    report: RoundReport, records: Iterable[MetricRecord | None], *, weight: str
+) -> None:
+    """Mean of the clients' held-out loss and accuracy, weighted by held-out examples.
+
+    ``weight`` names the count: ``num-examples`` on an evaluate reply, ``eval-examples`` on a
+    train reply (where ``num-examples`` counts training examples, and a holder that declined
+    to train may still have evaluated).
+    """
+    useful = [r for r in records if r is not None and _number(r, weight) > 0]
+    total = sum(_number(r, weight) for r in useful)
+    if not useful:
+        return
+    report.eval_loss = sum(_number(r, m.EVAL_LOSS) * _number(r, weight) for r in useful) / total
+    report.eval_accuracy = (
+        sum(_number(r, m.EVAL_ACCURACY) * _number(r, weight) for r in useful) / total
+    )
+    report.eval_clients = len(useful)
+
+
 class _Run:
     def __init__(self, grid: Grid, settings: RunSettings) -> None:
         self.grid = grid
@@ -170,14 +206,18 @@ class _Run:
         self.store = CheckpointStore(settings.workdir / "checkpoints")
         self.metrics = MetricsLog(settings.workdir / "metrics.jsonl")
         self.strategy = make_strategy(self.spec)
+        self.pending: RoundReport | None = None  # trained, its model not yet evaluated
+        self.reports: list[RoundReport] = []
+        self.progress: Callable[[RoundReport], None] | None = None
 
-    def config(self, round_: int) -> ConfigRecord:
+    def config(self, round_: int, *, evaluate: bool = False) -> ConfigRecord:
         return ConfigRecord(
             {
                 m.ROUND: round_,
                 m.ROUNDS: self.spec.rounds,
                 m.RUN_ID: self.settings.run_id,
                 m.POLICY: self.settings.policy_text,
+                m.EVALUATE: int(evaluate),
             }
         )
 
@@ -215,11 +255,17 @@ class _Run:
         return _to_arrays(replies[0].content.array_records[m.ARRAYS])
 
     def messages(
-        self, nodes: Iterable[int], kind: str, round_: int, record: ArrayRecord
+        self,
+        nodes: Iterable[int],
+        kind: str,
+        round_: int,
+        record: ArrayRecord,
+        *,
+        evaluate: bool = False,
     ) -> list[Message]:
         return [
             Message(
-                RecordDict({m.ARRAYS: record, m.CONFIG: self.config(round_)}),
+                RecordDict({m.ARRAYS: record, m.CONFIG: self.config(round_, evaluate=evaluate)}),
                 dst_node_id=node,
                 message_type=kind,
                 group_id=str(round_),
@@ -233,9 +279,10 @@ class _Run:
         rng = random.Random(f"{self.settings.seed}:{round_}")
         sampled = sorted(rng.sample(nodes, min(spec.clients.per_round, len(nodes))))
         record = _to_record(arrays)
+        pending = self.pending
         replies = collect_replies(
             self.grid,
-            self.messages(sampled, MessageType.TRAIN, round_, record),
+            self.messages(sampled, MessageType.TRAIN, round_, record, evaluate=pending is not None),
             minimum=spec.clients.minimum,
             timeout=spec.round_timeout,
             useful=lambda r: _is_accepted(r) and _fits(r, arrays),
@@ -265,6 +312,11 @@ class _Run:
                     _number(metrics, m.TRAIN_SECONDS),
                 )
                 report.bytes_received += _record_bytes(reply.content.array_records[m.ARRAYS])
+        if pending is not None:  # the incoming model is the one the pending round produced
+            _fill_evaluation(
+                pending, [_record_of(r, m.METRICS) for r in replies], weight=m.EVAL_EXAMPLES
+            )
+            self.finish(pending)
         for reply in replies:  # declined clients still say what they have spent
             declined = reply.content.metric_records.get(m.METRICS) if reply.has_content() else None
             if declined is not None and declined.get(m.DECLINED):
@@ -302,12 +354,11 @@ class _Run:
             useful=_is_accepted,
             poll_interval=self.settings.poll_interval,
         )
-        useful = [r for r in replies if _is_accepted(r)]
-        aggregated = self.strategy.aggregate_evaluate(round_, useful) if useful else None
-        if aggregated is not None:
-            report.eval_loss = _number(aggregated, m.EVAL_LOSS)
-            report.eval_accuracy = _number(aggregated, m.EVAL_ACCURACY)
-            report.eval_clients = len(useful)
+        _fill_evaluation(
+            report,
+            [_record_of(r, m.METRICS) for r in replies if _is_accepted(r)],
+            weight=m.NUM_EXAMPLES,
+        )
 
     def start(self) -> tuple[int, Arrays]:
         checkpoint = self.store.latest()
@@ -320,33 +371,48 @@ class _Run:
             )
         restore_strategy_state(self.strategy, checkpoint.strategy_state)
         self.metrics.truncate_after(checkpoint.round)
+        written = {int(line["round"]) for line in self.metrics.read()}
+        pending = checkpoint.meta.get("pending")
+        if isinstance(pending, dict) and checkpoint.round not in written:
+            self.pending = RoundReport(**pending)
         log.info("resuming run %s after round %d", checkpoint.run_id, checkpoint.round)
         return checkpoint.round + 1, dict(checkpoint.arrays)
 
+    def finish(self, report: RoundReport) -> None:
+        """Write the line of a round whose model has been evaluated."""
+        self.metrics.append(report.to_dict())
+        self.reports.append(report)
+        self.pending = None
+        if self.progress is not None:
+            self.progress(report)
+
     def run(self, progress: Callable[[RoundReport], None] | None) -> list[RoundReport]:
+        self.progress = progress
         first, arrays = self.start()
-        reports = []
         for round_ in range(first, self.spec.rounds + 1):
             started = time.monotonic()
             report = RoundReport(round=round_, status="ok")
-            arrays = self.train(round_, arrays, report)
-            self.evaluate(round_, arrays, report)
+            arrays = self.train(round_, arrays, report)  # also writes the previous round's line
             report.seconds = time.monotonic() - started
-            # metrics first, checkpoint second: on resume, metrics past the checkpoint are dropped
-            self.metrics.append(report.to_dict())
+            self.pending = report
+            # The line of this round waits for its evaluation (next round's train replies, or
+            # the final evaluation), so the checkpoint carries it: a restart still writes it.
             self.store.save(
                 Checkpoint(
                     run_id=self.settings.run_id,
                     round=round_,
                     arrays=arrays,
                     strategy_state=strategy_state(self.strategy),
-                    meta={"strategy": self.spec.aggregation.strategy},
+                    meta={"strategy": self.spec.aggregation.strategy, "pending": report.to_dict()},
                 )
             )
-            reports.append(report)
-            if progress is not None:
-                progress(report)
-        return reports
+        if self.pending is not None:
+            last = self.pending
+            started = time.monotonic()
+            self.evaluate(last.round, arrays, last)
+            last.seconds += time.monotonic() - started
+            self.finish(last)
+        return self.reports
 
 
 def run_federation(

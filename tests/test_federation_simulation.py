@@ -178,6 +178,8 @@ def test_a_killed_coordinator_resumes_at_the_next_round(tmp_path: Path) -> None:
         _stop_group(second, signal.SIGKILL)
     records = MetricsLog(workdir / "metrics.jsonl").read()
     assert [r["round"] for r in records] == [1, 2, 3]
+    # round 1's line waited for its evaluation in the checkpoint, across the kill
+    assert all(r["eval_accuracy"] is not None for r in records), records
     latest = CheckpointStore(workdir / "checkpoints").latest()
     assert latest is not None and latest.round == 3
     assert any(k.startswith("m_t/") for k in latest.strategy_state), (

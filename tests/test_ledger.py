@@ -87,6 +87,13 @@ def test_epsilon_for_equals_an_opacus_accountant_that_watched_every_step(name, c
     assert epsilon_for(ROUNDS, delta=DELTA, accountant=name) == pytest.approx(expected, rel=1e-12)
 
 
+def test_rdp_with_cached_curves_is_opacus_bit_for_bit():
+    """The per-(noise, rate) curve cache must not change a single bit of Opacus's figure."""
+    for end in range(1, len(ROUNDS) + 1):
+        expected = _watched(RDPAccountant, ROUNDS[:end]).get_epsilon(DELTA)
+        assert epsilon_for(ROUNDS[:end], delta=DELTA, accountant="rdp") == expected
+
+
 def test_history_is_merged_the_way_opacus_merges_steps():
     assert opacus_history(ROUNDS) == _watched(RDPAccountant, ROUNDS).history
     assert opacus_history([]) == []
