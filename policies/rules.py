@@ -53,6 +53,12 @@ def _federation(doc: FederationPolicy) -> Iterator[tuple[Loc, str, str]]:
             f"minimum ({clients.minimum}) exceeds perRound ({clients.per_round})",
             "a round could never gather enough replies",
         )
+    if doc.spec.protection == "he" and doc.spec.aggregation.strategy != "fedavg":
+        yield (
+            ("spec", "aggregation", "strategy"),
+            f"protection he needs strategy fedavg, not {doc.spec.aggregation.strategy}",
+            "the coordinator only adds ciphertexts; a server optimizer would need the plaintext",
+        )
     training = doc.spec.training
     if training.max_physical_batch_size > training.batch_size * 4:
         yield (

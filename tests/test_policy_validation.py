@@ -185,6 +185,12 @@ def test_cross_field_rules() -> None:
     ]
 
 
+def test_he_protection_needs_plain_fedavg() -> None:
+    found = problems(FED + "  protection: he\n  aggregation: {strategy: fedadam}\n")
+    assert len(found) == 1 and "spec.aggregation.strategy: protection he needs" in found[0]
+    assert problems(FED + "  protection: secagg\n  aggregation: {strategy: fedadam}\n") == []
+
+
 def test_placement_rules_and_cross_document_preference() -> None:
     inventory = (EXAMPLES_DIR / "inventory.yaml").read_text()
     placement = (
