@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
+from client.enroll import enroll_command
 from fedge.cli import main_for, new_app, out
 
 __all__ = ["app", "main"]
@@ -187,12 +188,18 @@ def budget(policy: PolicyOption, state_dir: StateOption) -> None:
 
 @app.command("start")
 def start(
-    superlink: Annotated[str, typer.Option("--superlink", help="The coordinator's HOST:PORT.")],
-    ca: Annotated[Path, typer.Option("--ca", help="The federation's CA certificate (PEM).")],
     data: Annotated[Path, typer.Option("--data", help="Your labelled data file.")],
     policy: PolicyOption,
     state_dir: StateOption,
     *,
+    superlink: Annotated[
+        str | None,
+        typer.Option("--superlink", help="The coordinator's HOST:PORT (default: from enroll)."),
+    ] = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option("--ca", help="The federation's CA certificate (default: from enroll)."),
+    ] = None,
     name: Annotated[
         str | None, typer.Option("--name", help="Your name in the federation's metrics.")
     ] = None,
@@ -208,10 +215,15 @@ def start(
         ),
     ] = True,
 ) -> None:
-    """Join a federation: check your data and model, then run a SuperNode until Ctrl-C."""
+    """Join a federation: check your data and model, then run a SuperNode until Ctrl-C.
+
+    After ``fedge-client enroll`` the SuperLink address, the CA and the node's key come from
+    the state directory's ``join.json``; ``--superlink``/``--ca`` override them.
+    """
     import time
 
     from client.data import load_labelled
+    from client.enroll import JOIN_FILE, load_join
     from client.model import resolve_model_source
     from client.supernode import (
         SuperNodeProcess,
@@ -222,35 +234,34 @@ def start(
     from fedge.errors import FederationError, UsageError
     from policies import FederationPolicy, load_one
 
+    auth_key: Path | None = None
+    if (state_dir / JOIN_FILE).exists():
+        joined = load_join(state_dir)
+        superlink = superlink or joined.superlink
+        ca = ca or Path(joined.root_certificates)
+        auth_key = Path(joined.auth_private_key)
+    if superlink is None or ca is None:
+        raise UsageError("--superlink and --ca are needed (or run fedge-client enroll first)")
     if not ca.is_file():
         raise UsageError(f"--ca {ca}: CA certificate not found")
     doc = load_one(policy, FederationPolicy)
     resolve_model_source(doc.spec.model.source, base_dir=policy.parent)
     loaded = load_labelled(data, num_labels=doc.spec.model.num_labels)
-    client_name = name or doc.metadata.name + "-client"
+    settings: dict[str, Any] = {
+        "superlink": superlink,
+        "root_certificates": ca,
+        "runtime_port": port,
+        "data_path": data,
+        "state_dir": state_dir,
+        "client_name": name or doc.metadata.name + "-client",
+        "policy_path": policy,
+        "auth_private_key": auth_key,
+    }
     node: SuperNodeProcess | WarmSuperNodeProcess
     if warm:
-        commands = warm_commands(
-            superlink=superlink,
-            root_certificates=ca,
-            runtime_port=port,
-            data_path=data,
-            state_dir=state_dir,
-            client_name=client_name,
-            policy_path=policy,
-        )
-        node = WarmSuperNodeProcess(commands, state_dir=state_dir)
+        node = WarmSuperNodeProcess(warm_commands(**settings), state_dir=state_dir)
     else:
-        command = supernode_command(
-            superlink=superlink,
-            root_certificates=ca,
-            runtime_port=port,
-            data_path=data,
-            state_dir=state_dir,
-            client_name=client_name,
-            policy_path=policy,
-        )
-        node = SuperNodeProcess(command, state_dir=state_dir)
+        node = SuperNodeProcess(supernode_command(**settings), state_dir=state_dir)
     with node:
         logs = f"{node.log_path}" + (
             f", {node.superexec_log_path}" if isinstance(node, WarmSuperNodeProcess) else ""
@@ -260,5 +271,7 @@ def start(
             time.sleep(0.5)
         raise FederationError(f"the SuperNode stopped; see {logs}")
 
+
+app.command("enroll")(enroll_command)
 
 main = main_for(app, "fedge-client")

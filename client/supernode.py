@@ -135,6 +135,7 @@ def supernode_command(
     host: str = "127.0.0.1",
     executable: str = SUPERNODE,
     warm: bool = False,
+    auth_private_key: str | os.PathLike[str] | None = None,
 ) -> list[str]:
     """The ``flower-supernode`` command line for one data holder.
 
@@ -146,6 +147,10 @@ def supernode_command(
     ``warm``: the SuperNode runs through ``python -m client.warm supernode`` (this interpreter;
     ``executable`` is not used) with ``--isolation process``: it starts no SuperExec, the one
     from :func:`warm_commands` must run beside it.
+
+    ``auth_private_key``: the SuperNode's EC private key (OpenSSH format, from
+    ``fedge-client enroll``), for a SuperLink that runs with ``--enable-supernode-auth`` and
+    admits only the public keys registered with it.
     """
     _check_port(runtime_port)
     node_config = _node_config(
@@ -169,6 +174,11 @@ def supernode_command(
         str(runtime_port),
         "--node-config",
         node_config,
+        *(
+            ["--auth-supernode-private-key", str(Path(auth_private_key).resolve())]
+            if auth_private_key is not None
+            else []
+        ),
     ]
 
 
@@ -194,6 +204,7 @@ def warm_commands(
     policy_path: str | os.PathLike[str] | None = None,
     eval_fraction: float | None = None,
     preload: bool = True,
+    auth_private_key: str | os.PathLike[str] | None = None,
 ) -> WarmCommands:
     """The SuperNode (``--isolation process``) and fedge's warm SuperExec beside it.
 
@@ -215,6 +226,7 @@ def warm_commands(
         eval_fraction=eval_fraction,
         host=host,
         warm=True,
+        auth_private_key=auth_private_key,
     )
     superexec = [sys.executable, "-m", WARM_MODULE, "superexec"]
     if preload:

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from fedge.cli import main_for, new_app, out
 from fedge.errors import UsageError
+from server.enroll_cli import enroll_app
 
 if TYPE_CHECKING:
     from server.federation import RoundReport
@@ -29,6 +30,7 @@ artifact_app = typer.Typer(help="Sign and verify model artifacts.", no_args_is_h
 app.add_typer(policy_app, name="policy")
 app.add_typer(keys_app, name="keys")
 app.add_typer(artifact_app, name="artifact")
+app.add_typer(enroll_app, name="enroll")
 
 
 @policy_app.command("validate")

@@ -44,6 +44,7 @@ __all__ = [
     "CONNECTION",
     "RunStatus",
     "flower_environment",
+    "flwr_json",
     "run_logs",
     "run_status",
     "stop_run",
@@ -89,8 +90,18 @@ def superlink_command(
     host: str = "127.0.0.1",
     port: int = 9092,
     executable: str = "flower-superlink",
+    supernode_auth: bool = False,
+    database: str | os.PathLike[str] | None = None,
 ) -> list[str]:
-    """``flower-superlink`` with TLS from ``fedge certs`` and no dependency installs at run time."""
+    """``flower-superlink`` with TLS from ``fedge certs`` and no dependency installs at run time.
+
+    ``supernode_auth``: admit only SuperNodes whose public key was registered (what
+    ``fedge enroll`` automates). ``database``: keep the SuperLink's state, registered node keys
+    included, in this SQLite file, so a restarted SuperLink still knows its enrolled nodes.
+    """
+    extra = ["--enable-supernode-auth"] if supernode_auth else []
+    if database is not None:
+        extra += ["--database", str(Path(database).resolve())]
     return [
         executable,
         "--ssl-ca-certfile",
@@ -104,6 +115,7 @@ def superlink_command(
         "--port",
         str(port),
         "--disable-runtime-dependency-installation",
+        *extra,
     ]
 
 
@@ -177,7 +189,7 @@ def _json_payload(stdout: str) -> dict[str, Any] | None:
     return None
 
 
-def _flwr(
+def flwr_json(
     args: Sequence[str],
     *,
     flwr_home: str | os.PathLike[str],
@@ -245,7 +257,7 @@ def submit_run(
             config_file = Path(scratch) / "run-config.toml"
             atomic_write_text(config_file, "\n".join(lines) + "\n", mode=0o600)
             args += ["--run-config", str(config_file)]
-        payload, _ = _flwr(args, flwr_home=flwr_home, flwr=flwr, timeout=timeout)
+        payload, _ = flwr_json(args, flwr_home=flwr_home, flwr=flwr, timeout=timeout)
     try:
         return int(str(payload["run-id"]))
     except (KeyError, ValueError) as exc:
@@ -276,7 +288,7 @@ def _details(value: object) -> str:
 def run_status(run_id: int, *, flwr_home: str | os.PathLike[str], flwr: str = "flwr") -> RunStatus:
     """The current status of ``run_id``; an unknown run is a FederationError."""
     args = ["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"]
-    payload, _ = _flwr(args, flwr_home=flwr_home, flwr=flwr)
+    payload, _ = flwr_json(args, flwr_home=flwr_home, flwr=flwr)
     runs = payload.get("runs")
     if not isinstance(runs, list):
         raise FederationError(f"`flwr ls`: answer has no list of runs: {payload}")
@@ -319,12 +331,12 @@ def wait_for_run(
 
 def stop_run(run_id: int, *, flwr_home: str | os.PathLike[str], flwr: str = "flwr") -> None:
     """Ask the SuperLink to stop ``run_id`` (its ServerApp and the ClientApps of the run)."""
-    _flwr(["stop", str(run_id), CONNECTION, "--format", "json"], flwr_home=flwr_home, flwr=flwr)
+    flwr_json(["stop", str(run_id), CONNECTION, "--format", "json"], flwr_home=flwr_home, flwr=flwr)
 
 
 def run_logs(run_id: int, *, flwr_home: str | os.PathLike[str], flwr: str = "flwr") -> str:
     """The ServerApp's log of ``run_id`` so far, as text (for a failure report)."""
-    _, stdout = _flwr(
+    _, stdout = flwr_json(
         ["log", str(run_id), CONNECTION, "--show"],
         flwr_home=flwr_home,
         flwr=flwr,
