@@ -22,15 +22,20 @@ fedge_setup_python() {
   "$FEDGE_VENV/bin/python" -m pip install -q -e "$FEDGE_ROOT[$extras]"
 }
 
-# The real servers the integration tiers start: mosquitto (Debian) and Azurite (npm).
+# The real servers and tools the integration tiers start: mosquitto (Debian), Chromium (Debian,
+# renders the run report; Playwright drives it, no browser download) and Azurite (npm).
 # moto's S3 server comes with the dev extra. Installed only where missing.
 fedge_setup_servers() {
-  if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  local missing=()
+  command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
       apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
     else
-      echo "setup: mosquitto is missing; install the Debian package 'mosquitto' (as root)" >&2
+      echo "setup: missing Debian packages (install them as root): ${missing[*]}" >&2
     fi
   fi
   local node_dir="$FEDGE_ROOT/.ci/cache/node"
