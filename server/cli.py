@@ -315,6 +315,14 @@ def certs(
     out.print(f"start the SuperLink with: {shlex.join(superlink_command(paths))}", markup=False)
 
 
+@app.command("report")
+def report(workdir: Annotated[Path, typer.Argument(help="The run's work folder.")]) -> None:
+    """Write WORKDIR/report.html from metrics.jsonl and summary.json (self-contained)."""
+    from server.report import REPORT_NAME, load_run_summary, write_report
+
+    out.print(str(write_report(load_run_summary(workdir), workdir / REPORT_NAME)))
+
+
 @app.command("demo")
 def demo(
     workdir: Annotated[
