@@ -58,6 +58,32 @@ data_app = typer.Typer(
     help="Make demo data, or split a labelled file among clients.", no_args_is_help=True
 )
 app.add_typer(data_app, name="data")
+he_app = typer.Typer(help="Homomorphic-encryption keys (protection: he).", no_args_is_help=True)
+app.add_typer(he_app, name="he")
+
+
+@he_app.command("keygen")
+def he_keygen(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the two context files.")],
+    *,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+) -> None:
+    """Make the federation's CKKS keys, as its key custodian.
+
+    Writes he-secret.ctx (mode 0600: share it with the other data holders only, out of band;
+    each puts it in its state folder) and he-public.ctx (for the coordinator, which holds no
+    secret key).
+    """
+    from client.he import generate_keys, write_keys
+    from fedge.errors import UsageError
+
+    secret, public = out_dir / "he-secret.ctx", out_dir / "he-public.ctx"
+    if not force and (secret.exists() or public.exists()):
+        raise UsageError(f"--out {out_dir}: HE keys exist already (--force replaces them)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_keys(generate_keys(), secret_path=secret, public_path=public)
+    out.print(f"wrote {secret} (data holders only, 0600) and {public} (coordinator)")
+
 
 PolicyOption = Annotated[
     Path, typer.Option("--policy", "-p", help="Your own copy of the FederationPolicy.")

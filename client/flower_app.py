@@ -52,6 +52,8 @@ __all__ = [
 
 log = get_logger(__name__)
 Arrays = dict[str, npt.NDArray[Any]]
+HE_SECRET_FILE = "he-secret.ctx"  # noqa: S105 - a file name, not a secret
+"""Where a holder keeps the federation's shared HE secret context, in its state directory."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,10 @@ class ClientSettings:
     policy: FederationPolicy | None = None  # the holder's budget; None: accept the coordinator's
     eval_fraction: float = 0.2
     seed: int = 0
+    he_secret_context: Path | None = None  # protection he: the shared secret context
+
+    def he_context_path(self) -> Path:
+        return self.he_secret_context or self.state_dir / HE_SECRET_FILE
 
 
 def settings_from_context(context: Context) -> ClientSettings:
@@ -90,6 +96,9 @@ def settings_from_node_config(
         state_dir=state_dir,
         policy=policy,
         eval_fraction=float(str(config.get("eval-fraction", 0.2))),
+        he_secret_context=Path(str(config["he-secret-context"]))
+        if "he-secret-context" in config
+        else None,
     )
 
 
@@ -106,6 +115,9 @@ def _simulated_settings(context: Context) -> ClientSettings:
         name=name,
         data_path=next((p for p in candidates if p.exists()), candidates[0]),
         state_dir=Path(str(context.run_config["state-dir"])) / name,
+        he_secret_context=Path(str(context.run_config["he-secret-context"]))
+        if "he-secret-context" in context.run_config
+        else None,
     )
 
 
@@ -218,6 +230,53 @@ def _record(arrays: Arrays) -> ArrayRecord:
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
+def _protection(message: Message) -> str:
+    """The coordinator's ``protection`` for this run (parsed from the policy it sent)."""
+    config = message.content.config_records.get(m.CONFIG)
+    if config is None or m.POLICY not in config:
+        return "none"
+    return _coordinator_policy(message).spec.protection
+
+
+def _chunks_record(chunks: tuple[bytes, ...] | list[bytes]) -> ArrayRecord:
+    return ArrayRecord(
+        {f"chunk-{i:05d}": Array(np.frombuffer(c, dtype=np.uint8)) for i, c in enumerate(chunks)}
+    )
+
+
+def _he_context(settings: ClientSettings) -> Any:
+    """The shared secret context, loaded once per process (it is the holders' key)."""
+    from client.he import load_secret_context
+
+    path = settings.he_context_path()
+    key = ("he", str(path))
+    if key not in _cache:
+        if not path.is_file():
+            raise UsageError(
+                f"{path}: the federation uses protection he, and this holder has no secret "
+                "context (get it from the federation's key custodian)"
+            )
+        _cache[key] = load_secret_context(path)
+    return _cache[key]
+
+
+def _incoming(message: Message, settings: ClientSettings, model: TrainableModel) -> Arrays:
+    """The global model a message carries: plaintext, or the encrypted sum decrypted here."""
+    encrypted = message.content.array_records.get(m.HE_GLOBAL)
+    if encrypted is None:
+        return _arrays(message)
+    from client.he import decrypt_aggregate
+
+    reference = get_trainable(model.model)
+    config = message.content.config_records[m.CONFIG]
+    total = int(str(config[m.HE_TOTAL_WEIGHT]))
+    chunks = [encrypted[name].numpy().tobytes() for name in sorted(encrypted.keys())]
+    values = decrypt_aggregate(
+        _he_context(settings), chunks, [v.shape for v in reference.values()], total
+    )
+    return dict(zip(reference, values, strict=True))
+
+
 def _reply(
     message: Message,
     settings: ClientSettings,
@@ -226,10 +285,19 @@ def _reply(
     arrays: Arrays | None = None,
     reason: str | None = None,
 ) -> Message:
-    content = RecordDict({m.METRICS: MetricRecord(metrics)})  # type: ignore[arg-type]
-    if arrays is not None:
-        content[m.ARRAYS] = _record(arrays)
     info: dict[str, str] = {m.CLIENT: settings.name}
+    records: dict[str, ArrayRecord] = {}
+    if arrays is not None and _protection(message) == "he":
+        # The update leaves the machine only as ciphertexts under the holders' shared key.
+        from client.he import encrypt_update
+
+        encrypted = encrypt_update(_he_context(settings), list(arrays.values()))
+        records[m.HE_UPDATE] = _chunks_record(encrypted.chunks)
+        metrics = {**metrics, m.HE_NUM_VALUES: encrypted.num_values}
+        info[m.HE_DIGEST] = encrypted.digest
+    elif arrays is not None:
+        records[m.ARRAYS] = _record(arrays)
+    content = RecordDict({m.METRICS: MetricRecord(metrics), **records})  # type: ignore[arg-type]
     if reason is not None:
         info[m.REASON] = reason
     content[m.INFO] = ConfigRecord(info)  # type: ignore[arg-type]
@@ -271,7 +339,8 @@ def _train(message: Message, settings: ClientSettings) -> Message:
     evaluation = None
     if int(str(config.get(m.EVALUATE, 0))):
         own = settings.policy or _coordinator_policy(message)
-        evaluation = _evaluation(settings, own, _arrays(message))
+        model = _prepare(settings, own).model
+        evaluation = _evaluation(settings, own, _incoming(message, settings, model))
     reply = _train_only(message, settings)
     if evaluation is not None and reply.has_content():
         # In the one MetricRecord Flower's strategies accept, with its own example count.
@@ -303,6 +372,14 @@ def _train_only(message: Message, settings: ClientSettings) -> Message:
         return _decline(
             message, settings, ledger, "this round was already charged and its update is lost"
         )
+    if own.spec.protection != coordinator.spec.protection:
+        return _decline(
+            message,
+            settings,
+            ledger,
+            f"this holder's policy asks for protection {own.spec.protection}, the coordinator's "
+            f"run uses {coordinator.spec.protection}",
+        )
     training = coordinator.spec.training
     try:
         plan = _plan(settings, own, coordinator, ledger, rounds_left=max(1, rounds - round_ + 1))
@@ -317,7 +394,7 @@ def _train_only(message: Message, settings: ClientSettings) -> Message:
     except (BudgetExceededError, UsageError) as exc:
         return _decline(message, settings, ledger, str(exc))
     prepared = _prepare(settings, own)
-    set_trainable(prepared.model.model, _arrays(message))
+    set_trainable(prepared.model.model, _incoming(message, settings, prepared.model))
     result = train_round(
         prepared.model.model,
         prepared.train,
@@ -405,7 +482,8 @@ def _evaluation(
 
 def _evaluate(message: Message, settings: ClientSettings) -> Message:
     policy = settings.policy or _coordinator_policy(message)
-    metrics = _evaluation(settings, policy, _arrays(message))
+    incoming = _incoming(message, settings, _prepare(settings, policy).model)
+    metrics = _evaluation(settings, policy, incoming)
     if metrics is None:
         return _reply(
             message, settings, {m.DECLINED: 1, m.NUM_EXAMPLES: 0}, reason="no held-out examples"
@@ -421,6 +499,22 @@ def _initial(message: Message, settings: ClientSettings) -> Message:
         spec.model.source, num_labels=spec.model.num_labels, lora=spec.lora, seed=settings.seed
     )
     content = RecordDict({m.ARRAYS: _record(get_trainable(fresh.model))})
+    content[m.INFO] = ConfigRecord({m.CLIENT: settings.name})
+    return Message(content, reply_to=message)
+
+
+def _release(message: Message, settings: ClientSettings) -> Message:
+    """Decrypt the final global model for the operator (protection he), rounded.
+
+    The final model is the federation's product, released to the operator at the end of a run:
+    the holders' DP noise already bounds what it says about any one holder. It is rounded to
+    1e-5, far above the CKKS decryption noise, which would otherwise tell something about the
+    shared secret key.
+    """
+    policy = settings.policy or _coordinator_policy(message)
+    arrays = _incoming(message, settings, _prepare(settings, policy).model)
+    rounded = {k: np.round(v, 5).astype(v.dtype) for k, v in arrays.items()}
+    content = RecordDict({m.ARRAYS: _record(rounded)})
     content[m.INFO] = ConfigRecord({m.CLIENT: settings.name})
     return Message(content, reply_to=message)
 
@@ -456,6 +550,7 @@ def make_client_app(
     client_app.train()(_guarded(_train, resolve))
     client_app.evaluate()(_guarded(_evaluate, resolve))
     client_app.query(m.QUERY_INIT)(_guarded(_initial, resolve))
+    client_app.query(m.QUERY_RELEASE)(_guarded(_release, resolve))
     return client_app
 
 

@@ -17,12 +17,18 @@ __all__ = [
     "EVAL_ACCURACY",
     "EVAL_EXAMPLES",
     "EVAL_LOSS",
+    "HE_DIGEST",
+    "HE_GLOBAL",
+    "HE_NUM_VALUES",
+    "HE_TOTAL_WEIGHT",
+    "HE_UPDATE",
     "INFO",
     "METRICS",
     "NOISE_MULTIPLIER",
     "NUM_EXAMPLES",
     "POLICY",
     "QUERY_INIT",
+    "QUERY_RELEASE",
     "REASON",
     "ROUND",
     "ROUNDS",
@@ -45,6 +51,14 @@ RUN_ID = "run-id"
 POLICY = "policy"  # the coordinator's FederationPolicy as YAML; the client validates it
 QUERY_INIT = "fedge_init"  # query: reply with the initial adapter and head
 EVALUATE = "evaluate"  # 1 on a train message: first evaluate the model it carries
+QUERY_RELEASE = "fedge_release"  # query (he): decrypt the final global model and hand it over
+
+# protection: he. Ciphertexts travel as uint8 arrays named chunk-00000, chunk-00001, ...
+HE_GLOBAL = "he-global"  # ArrayRecord, server -> client: the encrypted weighted sum
+HE_TOTAL_WEIGHT = "he-total-weight"  # config: what the holders divide the decrypted sum by
+HE_UPDATE = "he-update"  # ArrayRecord, client -> server: the holder's encrypted update
+HE_NUM_VALUES = "he-num-values"  # metric: values in the encrypted update
+HE_DIGEST = "he-digest"  # info: SHA-256 over the update's chunks
 
 # Client -> server metric keys.
 NUM_EXAMPLES = "num-examples"

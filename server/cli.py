@@ -241,6 +241,13 @@ def train(
         float,
         typer.Option("--timeout", min=1, help="With --superlink: seconds to wait for the run."),
     ] = 3600.0,
+    he_public_context: Annotated[
+        Path | None,
+        typer.Option(
+            "--he-public-context",
+            help="protection he, with --superlink: the public CKKS context (no secret key).",
+        ),
+    ] = None,
 ) -> None:
     """Run a federation; a run stopped part-way resumes at the next round when started again."""
     from server.train import load_plan, train_deployed, train_simulated
@@ -254,7 +261,11 @@ def train(
             raise UsageError("--superlink needs --ca, the federation's CA certificate (TLS)")
         out.print(f"run {plan.settings.run_id}: SuperLink {superlink}, workdir {plan.workdir}")
         flower_run = train_deployed(
-            plan, superlink=superlink, root_certificates=ca, timeout=timeout
+            plan,
+            superlink=superlink,
+            root_certificates=ca,
+            timeout=timeout,
+            he_public_context=he_public_context,
         )
         from server.federation import RoundReport as Report
         from server.metrics import MetricsLog

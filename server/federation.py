@@ -39,6 +39,14 @@ from fedge.errors import FederationError
 from fedge.logs import get_logger
 from policies import FederationPolicy
 from server.checkpoint import Checkpoint, CheckpointStore
+from server.he_round import (
+    EncryptedGlobal,
+    aggregate_replies,
+    chunks_record,
+    from_checkpoint,
+    has_update,
+    to_checkpoint,
+)
 from server.metrics import MetricsLog
 from server.strategy import make_strategy, restore_strategy_state, strategy_state
 
@@ -47,6 +55,8 @@ __all__ = ["RoundReport", "RunSettings", "collect_replies", "run_federation"]
 log = get_logger(__name__)
 _MIN_GRACE = 0.5
 Arrays = dict[str, npt.NDArray[Any]]
+Model = Arrays | EncryptedGlobal  # the global model: in the clear, or (protection he) encrypted
+HE_PUBLIC_FILE = "he-public.ctx"
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,7 @@ class RunSettings:
     seed: int = 0
     poll_interval: float = 0.1
     node_wait: float = 120.0
+    he_public_context: Path | None = None  # protection he; default <workdir>/he-public.ctx
 
 
 @dataclass
@@ -209,6 +220,13 @@ class _Run:
         self.pending: RoundReport | None = None  # trained, its model not yet evaluated
         self.reports: list[RoundReport] = []
         self.progress: Callable[[RoundReport], None] | None = None
+        self.he: Any = None  # protection he: the public context (never a secret key)
+        if self.spec.protection == "he":
+            from server.he_aggregate import load_public_context
+
+            path = settings.he_public_context or settings.workdir / HE_PUBLIC_FILE
+            self.he = load_public_context(path)
+        self.num_values = 0
 
     def config(self, round_: int, *, evaluate: bool = False) -> ConfigRecord:
         return ConfigRecord(
@@ -254,18 +272,29 @@ class _Run:
             raise FederationError(f"could not get the initial model from a client ({reason})")
         return _to_arrays(replies[0].content.array_records[m.ARRAYS])
 
+    def payload(self, model: Model) -> tuple[str, ArrayRecord, dict[str, int]]:
+        """How the global model travels: arrays in the clear, or the encrypted sum (he)."""
+        if isinstance(model, EncryptedGlobal):
+            extras = {m.HE_TOTAL_WEIGHT: model.total_weight}
+            return m.HE_GLOBAL, chunks_record(model.chunks), extras
+        return m.ARRAYS, _to_record(model), {}
+
     def messages(
         self,
         nodes: Iterable[int],
         kind: str,
         round_: int,
-        record: ArrayRecord,
+        model: Model,
         *,
         evaluate: bool = False,
     ) -> list[Message]:
+        name, record, extras = self.payload(model)
+        config = self.config(round_, evaluate=evaluate)
+        for key, value in extras.items():
+            config[key] = value
         return [
             Message(
-                RecordDict({m.ARRAYS: record, m.CONFIG: self.config(round_, evaluate=evaluate)}),
+                RecordDict({name: record, m.CONFIG: config}),
                 dst_node_id=node,
                 message_type=kind,
                 group_id=str(round_),
@@ -273,45 +302,30 @@ class _Run:
             for node in nodes
         ]
 
-    def train(self, round_: int, arrays: Arrays, report: RoundReport) -> Arrays:
+    def fits(self, reply: Message, model: Model) -> bool:
+        if self.he is not None:
+            return has_update(reply)
+        return not isinstance(model, EncryptedGlobal) and _fits(reply, model)
+
+    def train(self, round_: int, arrays: Model, report: RoundReport) -> Model:
         spec = self.spec
         nodes = self.wait_for_nodes(spec.clients.minimum)
         rng = random.Random(f"{self.settings.seed}:{round_}")
         sampled = sorted(rng.sample(nodes, min(spec.clients.per_round, len(nodes))))
-        record = _to_record(arrays)
         pending = self.pending
+        messages = self.messages(
+            sampled, MessageType.TRAIN, round_, arrays, evaluate=pending is not None
+        )
         replies = collect_replies(
             self.grid,
-            self.messages(sampled, MessageType.TRAIN, round_, record, evaluate=pending is not None),
+            messages,
             minimum=spec.clients.minimum,
             timeout=spec.round_timeout,
-            useful=lambda r: _is_accepted(r) and _fits(r, arrays),
+            useful=lambda r: _is_accepted(r) and self.fits(r, arrays),
             poll_interval=self.settings.poll_interval,
         )
-        report.bytes_sent = len(sampled) * _record_bytes(record)
-        accepted = []
-        for reply in replies:
-            name = _client_name(reply)
-            if reply.has_error():
-                report.failed.append(f"{name}: {reply.error.reason}")
-            elif not _is_accepted(reply):
-                info = reply.content.config_records.get(m.INFO)
-                report.declined[name] = str(info.get(m.REASON, "declined")) if info else "declined"
-            elif not _fits(reply, arrays):
-                report.failed.append(f"{name}: update does not match the global model's arrays")
-            else:
-                accepted.append(reply)
-                metrics = reply.content.metric_records[m.METRICS]
-                report.clients.append(name)
-                report.epsilon[name] = _number(metrics, m.EPSILON)
-                report.noise_multiplier[name] = _number(metrics, m.NOISE_MULTIPLIER)
-                report.steps[name] = int(_number(metrics, m.STEPS))
-                report.num_examples += int(_number(metrics, m.NUM_EXAMPLES))
-                report.train_seconds = max(
-                    report.train_seconds,
-                    _number(metrics, m.TRAIN_SECONDS),
-                )
-                report.bytes_received += _record_bytes(reply.content.array_records[m.ARRAYS])
+        report.bytes_sent = len(sampled) * _record_bytes(self.payload(arrays)[1])
+        accepted = self.accept(replies, arrays, report)
         if pending is not None:  # the incoming model is the one the pending round produced
             _fill_evaluation(
                 pending, [_record_of(r, m.METRICS) for r in replies], weight=m.EVAL_EXAMPLES
@@ -330,6 +344,16 @@ class _Run:
                 spec.clients.minimum,
             )
             return arrays
+        if self.he is not None:
+            return self.aggregate_encrypted(round_, arrays, accepted, report)
+        return self.aggregate_plain(round_, arrays, accepted, report)
+
+    def aggregate_plain(
+        self, round_: int, arrays: Model, accepted: list[Message], report: RoundReport
+    ) -> Arrays:
+        """Flower's strategy (FedAvg, FedAdam, ...) over the updates in the clear."""
+        if isinstance(arrays, EncryptedGlobal):
+            raise FederationError("an encrypted global model needs protection he")
         if hasattr(self.strategy, "current_arrays"):
             self.strategy.current_arrays = {k: np.array(v) for k, v in arrays.items()}
         aggregated, train_metrics = self.strategy.aggregate_train(round_, accepted)
@@ -339,7 +363,69 @@ class _Run:
             report.train_loss = _number(train_metrics, m.TRAIN_LOSS)
         return _to_arrays(aggregated)
 
-    def evaluate(self, round_: int, arrays: Arrays, report: RoundReport) -> None:
+    def accept(self, replies: list[Message], arrays: Model, report: RoundReport) -> list[Message]:
+        """Sort a round's replies into errors, declines, misfits and accepted updates."""
+        accepted = []
+        for reply in replies:
+            name = _client_name(reply)
+            if reply.has_error():
+                report.failed.append(f"{name}: {reply.error.reason}")
+            elif not _is_accepted(reply):
+                info = reply.content.config_records.get(m.INFO)
+                report.declined[name] = str(info.get(m.REASON, "declined")) if info else "declined"
+            elif not self.fits(reply, arrays):
+                report.failed.append(f"{name}: update does not match the global model's arrays")
+            else:
+                accepted.append(reply)
+                metrics = reply.content.metric_records[m.METRICS]
+                report.clients.append(name)
+                report.epsilon[name] = _number(metrics, m.EPSILON)
+                report.noise_multiplier[name] = _number(metrics, m.NOISE_MULTIPLIER)
+                report.steps[name] = int(_number(metrics, m.STEPS))
+                report.num_examples += int(_number(metrics, m.NUM_EXAMPLES))
+                report.train_seconds = max(
+                    report.train_seconds,
+                    _number(metrics, m.TRAIN_SECONDS),
+                )
+                update = m.HE_UPDATE if self.he is not None else m.ARRAYS
+                report.bytes_received += _record_bytes(reply.content.array_records[update])
+        return accepted
+
+    def aggregate_encrypted(
+        self, round_: int, arrays: Model, accepted: list[Message], report: RoundReport
+    ) -> Model:
+        """The holders' encrypted weighted sum; a holder whose update fails is left out."""
+        named = [(_client_name(reply), reply) for reply in accepted]
+        try:
+            model, result = aggregate_replies(
+                self.he, named, num_values=self.num_values, minimum=self.spec.clients.minimum
+            )
+        except FederationError as exc:
+            report.status = "skipped"
+            report.failed.append(str(exc))
+            log.warning("round %d: %s; the model is unchanged", round_, exc)
+            return arrays
+        for name, error in result.rejected.items():
+            report.failed.append(f"{name}: {error.reason}")
+            if name in report.clients:
+                report.clients.remove(name)
+        counted = [
+            (r, _number(r.content.metric_records[m.METRICS], m.NUM_EXAMPLES))
+            for _, r in named
+            if _client_name(r) in result.weights
+        ]
+        total = sum(n for _, n in counted)
+        if total > 0:
+            report.train_loss = (
+                sum(
+                    _number(r.content.metric_records[m.METRICS], m.TRAIN_LOSS) * n
+                    for r, n in counted
+                )
+                / total
+            )
+        return model
+
+    def evaluate(self, round_: int, arrays: Model, report: RoundReport) -> None:
         nodes = sorted(self.grid.get_node_ids())
         if not nodes:
             return
@@ -348,7 +434,7 @@ class _Run:
         sampled = sorted(rng.sample(nodes, min(count, len(nodes))))
         replies = collect_replies(
             self.grid,
-            self.messages(sampled, MessageType.EVALUATE, round_, _to_record(arrays)),
+            self.messages(sampled, MessageType.EVALUATE, round_, arrays),
             minimum=len(sampled),
             timeout=self.spec.round_timeout,
             useful=_is_accepted,
@@ -360,10 +446,12 @@ class _Run:
             weight=m.NUM_EXAMPLES,
         )
 
-    def start(self) -> tuple[int, Arrays]:
+    def start(self) -> tuple[int, Model]:
         checkpoint = self.store.latest()
         if checkpoint is None:
-            return 1, self.initial_arrays()
+            initial = self.initial_arrays()
+            self.num_values = sum(int(v.size) for v in initial.values())
+            return 1, initial
         if checkpoint.run_id != self.settings.run_id:
             raise FederationError(
                 f"{self.store.directory} holds checkpoints of run {checkpoint.run_id!r}, "
@@ -376,6 +464,11 @@ class _Run:
         if isinstance(pending, dict) and checkpoint.round not in written:
             self.pending = RoundReport(**pending)
         log.info("resuming run %s after round %d", checkpoint.run_id, checkpoint.round)
+        encrypted = from_checkpoint(checkpoint.arrays, checkpoint.meta)
+        if encrypted is not None:
+            self.num_values = encrypted.num_values
+            return checkpoint.round + 1, encrypted
+        self.num_values = sum(int(v.size) for v in checkpoint.arrays.values())
         return checkpoint.round + 1, dict(checkpoint.arrays)
 
     def finish(self, report: RoundReport) -> None:
@@ -397,22 +490,58 @@ class _Run:
             self.pending = report
             # The line of this round waits for its evaluation (next round's train replies, or
             # the final evaluation), so the checkpoint carries it: a restart still writes it.
-            self.store.save(
-                Checkpoint(
-                    run_id=self.settings.run_id,
-                    round=round_,
-                    arrays=arrays,
-                    strategy_state=strategy_state(self.strategy),
-                    meta={"strategy": self.spec.aggregation.strategy, "pending": report.to_dict()},
-                )
-            )
+            self.save(round_, arrays, pending=report)
         if self.pending is not None:
             last = self.pending
             started = time.monotonic()
             self.evaluate(last.round, arrays, last)
             last.seconds += time.monotonic() - started
             self.finish(last)
+        if isinstance(arrays, EncryptedGlobal):
+            self.save(self.spec.rounds, self.release(arrays), pending=None, released=True)
         return self.reports
+
+    def save(
+        self, round_: int, model: Model, *, pending: RoundReport | None, released: bool = False
+    ) -> None:
+        meta: dict[str, Any] = {"strategy": self.spec.aggregation.strategy}
+        if pending is not None:
+            meta["pending"] = pending.to_dict()
+        if released:
+            meta["released"] = True
+        arrays: Arrays
+        if isinstance(model, EncryptedGlobal):
+            arrays, extra = to_checkpoint(model)
+            meta.update(extra)
+        else:
+            arrays = model
+        self.store.save(
+            Checkpoint(
+                run_id=self.settings.run_id,
+                round=round_,
+                arrays=arrays,
+                strategy_state=strategy_state(self.strategy),
+                meta=meta,
+            )
+        )
+
+    def release(self, model: EncryptedGlobal) -> Arrays:
+        """protection he: ask one holder to decrypt the final model for export (DESIGN.md 5)."""
+        node = self.wait_for_nodes(1)[0]
+        message = self.messages([node], f"{MessageType.QUERY}.{m.QUERY_RELEASE}", 0, model)[0]
+        replies = collect_replies(
+            self.grid,
+            [message],
+            minimum=1,
+            timeout=self.spec.round_timeout,
+            useful=lambda r: r.has_content() and m.ARRAYS in r.content.array_records,
+            poll_interval=self.settings.poll_interval,
+        )
+        usable = [r for r in replies if r.has_content() and m.ARRAYS in r.content.array_records]
+        if not usable:
+            reason = replies[0].error.reason if replies and replies[0].has_error() else "no reply"
+            raise FederationError(f"no holder released the final model ({reason})")
+        return _to_arrays(usable[0].content.array_records[m.ARRAYS])
 
 
 def run_federation(

@@ -8,6 +8,7 @@ In the Deployment Engine the SuperLink starts it with the run config that ``fedg
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from flwr.app import Context
@@ -35,12 +36,15 @@ def settings_from_run_config(context: Context) -> RunSettings:
         text, workdir = str(config["policy"]), Path(str(config["workdir"]))
     except KeyError as exc:
         raise UsageError(f"run config: {exc.args[0]} is required") from exc
-    return settings_from_text(
+    settings = settings_from_text(
         text,
         workdir=workdir,
         run_id=str(config.get("run-id", "fedge")),
         name="run config policy",
     )
+    if "he-public-context" in config:
+        settings = replace(settings, he_public_context=Path(str(config["he-public-context"])))
+    return settings
 
 
 def make_server_app(

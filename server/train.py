@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fedge.errors import UsageError
@@ -91,25 +91,52 @@ def train_simulated(
         )
     _client_files(data_dir, num_clients)
     workdir = plan.workdir
-    app_dir = write_app_dir(
-        workdir / "app",
-        {
-            "policy": plan.settings.policy_text,
-            "workdir": str(workdir),
-            "run-id": plan.settings.run_id,
-            "data-dir": str(data_dir.resolve()),
-            "state-dir": str(workdir / "clients"),
-        },
-    )
+    config = {
+        "policy": plan.settings.policy_text,
+        "workdir": str(workdir),
+        "run-id": plan.settings.run_id,
+        "data-dir": str(data_dir.resolve()),
+        "state-dir": str(workdir / "clients"),
+    }
+    settings = plan.settings
+    if settings.policy.spec.protection == "he":
+        secret, public = _simulated_he_keys(workdir / "he")
+        config |= {"he-secret-context": str(secret), "he-public-context": str(public)}
+        settings = replace(settings, he_public_context=public)
+    app_dir = write_app_dir(workdir / "app", config)
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     simulate(
-        plan.settings,
+        settings,
         num_clients=num_clients,
         app_dir=app_dir,
         cpus_per_client=cpus_per_client or max(0.1, min(1.0, (os.cpu_count() or 1) / num_clients)),
         progress=progress,
     )
+
+
+def _simulated_he_keys(folder: Path) -> tuple[Path, Path]:
+    """The simulated holders' CKKS keys, made by their own tool as a key custodian would.
+
+    The coordinator's code never makes or reads a secret key: ``fedge-client he keygen`` runs
+    as a separate process (the data holders' entry point), and only the public context's path
+    reaches the ServerApp.
+    """
+    import subprocess
+    import sys
+
+    secret, public = folder / "he-secret.ctx", folder / "he-public.ctx"
+    if not (secret.is_file() and public.is_file()):
+        tool = Path(sys.executable).with_name("fedge-client")
+        done = subprocess.run(
+            [str(tool), "he", "keygen", "--out", str(folder), "--force"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise UsageError(f"fedge-client he keygen failed: {done.stderr.strip()[-500:]}")
+    return secret, public
 
 
 def train_deployed(
@@ -118,6 +145,7 @@ def train_deployed(
     superlink: str,
     root_certificates: Path,
     timeout: float,
+    he_public_context: Path | None = None,
 ) -> int:
     """Submit the run to a SuperLink over TLS and follow it to the end; returns Flower's run id.
 
@@ -136,6 +164,14 @@ def train_deployed(
         "workdir": str(workdir),
         "run-id": plan.settings.run_id,
     }
+    if plan.settings.policy.spec.protection == "he":
+        public = (he_public_context or workdir / "he-public.ctx").resolve()
+        if not public.is_file():
+            raise UsageError(
+                f"--he-public-context {public}: the policy asks for protection he; give the "
+                "public context from the key custodian's `fedge-client he keygen`"
+            )
+        config["he-public-context"] = str(public)
     app_dir = write_app_dir(workdir / "app", config)
     run_id = submit_run(app_dir, flwr_home=flwr_home)
     wait_for_run(run_id, flwr_home=flwr_home, timeout=timeout)

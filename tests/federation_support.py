@@ -27,6 +27,7 @@ def policy_text(
     minimum: int = 2,
     strategy: str = "fedavg",
     epsilon: float = 8.0,
+    protection: str = "none",
 ) -> str:
     return f"""apiVersion: fedge/v1
 kind: FederationPolicy
@@ -34,6 +35,7 @@ metadata: {{name: {name}}}
 spec:
   model: {{source: "{model}", maxLength: 24}}
   rounds: {rounds}
+  protection: {protection}
   clients: {{perRound: {per_round}, minimum: {minimum}}}
   roundTimeout: 300
   aggregation: {{strategy: {strategy}, serverLearningRate: 0.05}}
