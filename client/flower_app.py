@@ -34,6 +34,7 @@ from torch.utils.data import TensorDataset
 from client.data import LabelledData, load_labelled
 from client.ledger import PrivacyLedger
 from client.model import TrainableModel, get_trainable, load_trainable_model, set_trainable
+from client.secagg import arrived_masked, secagg_mod
 from client.training import RoundPlan, encode, evaluate, pick_device, plan_round, train_round
 from fedge import messages as m
 from fedge.atomic import atomic_write_bytes
@@ -361,6 +362,19 @@ def _train_only(message: Message, settings: ClientSettings) -> Message:
     coordinator = _coordinator_policy(message)
     own = settings.policy or coordinator
     ledger = PrivacyLedger.for_policy(settings.state_dir, own)
+    # Before any re-send: an update must never leave in a weaker protection than asked for.
+    if "secagg" in (own.spec.protection, coordinator.spec.protection) and not arrived_masked(
+        message
+    ):
+        return _decline(message, settings, ledger, "the policy requires secure aggregation")
+    if own.spec.protection != coordinator.spec.protection:
+        return _decline(
+            message,
+            settings,
+            ledger,
+            f"this holder's policy asks for protection {own.spec.protection}, the coordinator's "
+            f"run uses {coordinator.spec.protection}",
+        )
     stored = _update_path(settings, run_id, round_)
     if ledger.charged(round=round_, run_id=run_id) is not None:
         if stored.exists():
@@ -371,14 +385,6 @@ def _train_only(message: Message, settings: ClientSettings) -> Message:
             return _reply(message, settings, sent_metrics, arrays=sent_arrays)
         return _decline(
             message, settings, ledger, "this round was already charged and its update is lost"
-        )
-    if own.spec.protection != coordinator.spec.protection:
-        return _decline(
-            message,
-            settings,
-            ledger,
-            f"this holder's policy asks for protection {own.spec.protection}, the coordinator's "
-            f"run uses {coordinator.spec.protection}",
         )
     training = coordinator.spec.training
     try:
@@ -546,7 +552,9 @@ def make_client_app(
     resolve: Callable[[Context], ClientSettings] = settings_from_context,
 ) -> ClientApp:
     """A ClientApp whose settings come from ``resolve`` (node config by default)."""
-    client_app = ClientApp()
+    # SecAgg+ (protection secagg) runs as Flower's mod around the train handler; messages
+    # without SecAgg+ configuration pass through it untouched.
+    client_app = ClientApp(mods=[secagg_mod])
     client_app.train()(_guarded(_train, resolve))
     client_app.evaluate()(_guarded(_evaluate, resolve))
     client_app.query(m.QUERY_INIT)(_guarded(_initial, resolve))

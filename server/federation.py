@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +49,9 @@ from server.he_round import (
 )
 from server.metrics import MetricsLog
 from server.strategy import make_strategy, restore_strategy_state, strategy_state
+
+if TYPE_CHECKING:
+    from server.secagg import SecAggResult
 
 __all__ = ["RoundReport", "RunSettings", "collect_replies", "run_federation"]
 
@@ -101,6 +104,7 @@ class RoundReport:
     bytes_received: int = 0
     train_seconds: float = 0.0
     seconds: float = 0.0
+    secagg_error_bound: float | None = None  # protection secagg: max quantization error
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,6 +231,7 @@ class _Run:
             path = settings.he_public_context or settings.workdir / HE_PUBLIC_FILE
             self.he = load_public_context(path)
         self.num_values = 0
+        self.max_examples = 0  # the largest num-examples a holder reported (SecAgg+ scaling)
 
     def config(self, round_: int, *, evaluate: bool = False) -> ConfigRecord:
         return ConfigRecord(
@@ -313,19 +318,40 @@ class _Run:
         rng = random.Random(f"{self.settings.seed}:{round_}")
         sampled = sorted(rng.sample(nodes, min(spec.clients.per_round, len(nodes))))
         pending = self.pending
-        messages = self.messages(
-            sampled, MessageType.TRAIN, round_, arrays, evaluate=pending is not None
-        )
-        replies = collect_replies(
-            self.grid,
-            messages,
-            minimum=spec.clients.minimum,
-            timeout=spec.round_timeout,
-            useful=lambda r: _is_accepted(r) and self.fits(r, arrays),
-            poll_interval=self.settings.poll_interval,
-        )
-        report.bytes_sent = len(sampled) * _record_bytes(self.payload(arrays)[1])
-        accepted = self.accept(replies, arrays, report)
+        secure: SecAggResult | None = None
+        if spec.protection == "secagg" and not isinstance(arrays, EncryptedGlobal):
+            from server.secagg import secagg_round  # it drives its stages with collect_replies
+
+            secure = secagg_round(
+                self.grid,
+                nodes=sampled,
+                arrays=arrays,
+                config=self.config(round_, evaluate=pending is not None),
+                round_=round_,
+                timeout=spec.round_timeout,
+                minimum=spec.clients.minimum,
+                poll_interval=self.settings.poll_interval,
+                # weights are scaled by num-examples / max_weight before quantization: near the
+                # largest count keeps precision (1000 until the holders' counts are known)
+                max_weight=1.25 * self.max_examples if self.max_examples else 1000.0,
+            )
+            replies = secure.replies
+            report.bytes_sent, report.bytes_received = secure.bytes_sent, secure.bytes_received
+            report.secagg_error_bound = secure.error_bound
+        else:
+            messages = self.messages(
+                sampled, MessageType.TRAIN, round_, arrays, evaluate=pending is not None
+            )
+            replies = collect_replies(
+                self.grid,
+                messages,
+                minimum=spec.clients.minimum,
+                timeout=spec.round_timeout,
+                useful=lambda r: _is_accepted(r) and self.fits(r, arrays),
+                poll_interval=self.settings.poll_interval,
+            )
+            report.bytes_sent = len(sampled) * _record_bytes(self.payload(arrays)[1])
+        accepted = self.accept(replies, arrays, report, secure=secure)
         if pending is not None:  # the incoming model is the one the pending round produced
             _fill_evaluation(
                 pending, [_record_of(r, m.METRICS) for r in replies], weight=m.EVAL_EXAMPLES
@@ -346,6 +372,8 @@ class _Run:
             return arrays
         if self.he is not None:
             return self.aggregate_encrypted(round_, arrays, accepted, report)
+        if secure is not None:  # the coordinator holds only the unmasked sum
+            accepted = secure.strategy_replies()
         return self.aggregate_plain(round_, arrays, accepted, report)
 
     def aggregate_plain(
@@ -363,7 +391,14 @@ class _Run:
             report.train_loss = _number(train_metrics, m.TRAIN_LOSS)
         return _to_arrays(aggregated)
 
-    def accept(self, replies: list[Message], arrays: Model, report: RoundReport) -> list[Message]:
+    def accept(
+        self,
+        replies: list[Message],
+        arrays: Model,
+        report: RoundReport,
+        *,
+        secure: SecAggResult | None = None,
+    ) -> list[Message]:
         """Sort a round's replies into errors, declines, misfits and accepted updates."""
         accepted = []
         for reply in replies:
@@ -373,7 +408,10 @@ class _Run:
             elif not _is_accepted(reply):
                 info = reply.content.config_records.get(m.INFO)
                 report.declined[name] = str(info.get(m.REASON, "declined")) if info else "declined"
-            elif not self.fits(reply, arrays):
+            elif secure is not None and reply.metadata.src_node_id not in secure.aggregated:
+                node = reply.metadata.src_node_id
+                report.failed.append(f"{name}: {secure.dropped.get(node, 'left the protocol')}")
+            elif secure is None and not self.fits(reply, arrays):
                 report.failed.append(f"{name}: update does not match the global model's arrays")
             else:
                 accepted.append(reply)
@@ -383,12 +421,24 @@ class _Run:
                 report.noise_multiplier[name] = _number(metrics, m.NOISE_MULTIPLIER)
                 report.steps[name] = int(_number(metrics, m.STEPS))
                 report.num_examples += int(_number(metrics, m.NUM_EXAMPLES))
+                self.max_examples = max(self.max_examples, int(_number(metrics, m.NUM_EXAMPLES)))
                 report.train_seconds = max(
                     report.train_seconds,
                     _number(metrics, m.TRAIN_SECONDS),
                 )
-                update = m.HE_UPDATE if self.he is not None else m.ARRAYS
-                report.bytes_received += _record_bytes(reply.content.array_records[update])
+                if secure is None:
+                    update = m.HE_UPDATE if self.he is not None else m.ARRAYS
+                    report.bytes_received += _record_bytes(reply.content.array_records[update])
+        if secure is not None:
+            answered = {r.metadata.src_node_id for r in replies}
+            report.failed.extend(
+                f"node-{node}: {why}"
+                for node, why in secure.dropped.items()
+                if node not in answered
+            )
+            if secure.halted is not None:
+                report.failed.append(f"secure aggregation halted: {secure.halted}")
+                return []
         return accepted
 
     def aggregate_encrypted(

@@ -1,13 +1,19 @@
-"""``protection: he`` end to end in Flower's simulation engine (real Ray, TenSEAL, Opacus).
+"""``protection: he`` and ``secagg`` end to end in Flower's simulation engine (real Ray, Opacus).
 
-Three simulated holders share a CKKS key made by ``fedge-client he keygen``; the coordinator
+he: three simulated holders share a CKKS key made by ``fedge-client he keygen``; the coordinator
 holds the public context only. The checks: every checkpoint the coordinator wrote during the
 run holds ciphertexts, never a model in the clear; the model a holder released at the end equals
 plaintext weighted FedAvg of the updates the holders stored for the last round (within 1e-3);
 ciphertext bytes are recorded per round.
+
+secagg: the same three holders under Flower's SecAgg+ (four stages per round); the coordinator
+only ever holds the unmasked sum, which must equal plaintext weighted FedAvg of the holders'
+stored updates within the quantization error.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,14 +62,44 @@ def test_an_he_run_aggregates_ciphertexts_and_matches_plain_fedavg(tmp_path) -> 
     assert 6 * 4 * slots < per_client_up < 9 * 4 * slots, per_client_up
     assert lines[-1]["bytes_sent"] == pytest.approx(3 * per_client_up, rel=0.05)
 
-    # plaintext FedAvg of the updates the holders kept for round 2 (their own copies)
+    assert_fedavg_of_stored_updates(workdir, released, round_=2, tolerance=1e-3)
+
+
+def assert_fedavg_of_stored_updates(
+    workdir: Path, model: dict[str, np.ndarray], *, round_: int, tolerance: float
+) -> None:
+    """``model`` is plaintext weighted FedAvg of the updates the holders kept for ``round_``."""
     updates, weights = [], []
     for name in ("client-0", "client-1", "client-2"):
-        (stored,) = (workdir / "clients" / name / "updates").glob("*round-000002.npz")
+        (stored,) = (workdir / "clients" / name / "updates").glob(f"*round-{round_:06d}.npz")
         with np.load(stored) as npz:
             updates.append({k[2:]: npz[k] for k in npz.files if k.startswith("a/")})
             weights.append(int(npz["m/num-examples"]))
     total = sum(weights)
-    for key, value in released.items():
-        expected = sum(w * u[key].astype(np.float64) for w, u in zip(weights, updates)) / total
-        assert np.max(np.abs(value - expected)) < 1e-3, key
+    assert set(model) == set(updates[0])
+    for key, value in model.items():
+        expected = (
+            sum(w * u[key].astype(np.float64) for w, u in zip(weights, updates, strict=True))
+            / total
+        )
+        assert np.max(np.abs(value - expected)) < tolerance, key
+
+
+def test_a_secagg_run_gives_plain_fedavg_within_the_quantization_error(tmp_path) -> None:
+    model, data = make_inputs(tmp_path, clients=3, examples=40)
+    policy = tmp_path / "federation.yaml"
+    policy.write_text(policy_text(model, rounds=2, per_round=3, minimum=2, protection="secagg"))
+    workdir = tmp_path / "run"
+    plan = load_plan(policy, workdir=workdir, run_id="secagg-test")
+    train_simulated(plan, num_clients=3, data_dir=data, cpus_per_client=0.5)
+
+    lines = MetricsLog(workdir / "metrics.jsonl").read()
+    assert [line["round"] for line in lines] == [1, 2]
+    assert all(line["status"] == "ok" and len(line["clients"]) == 3 for line in lines), lines
+    assert all(line["eval_accuracy"] is not None for line in lines)
+    final = CheckpointStore(workdir / "checkpoints").latest()
+    assert final is not None and final.round == 2
+    # the guaranteed bound for this round's weights (clip 8, 2**22 levels), about 1e-4 here
+    bound = lines[-1]["secagg_error_bound"]
+    assert bound is not None and 0 < bound < 1e-3
+    assert_fedavg_of_stored_updates(workdir, dict(final.arrays), round_=2, tolerance=bound)
