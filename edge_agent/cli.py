@@ -48,4 +48,93 @@ def verify(
     out.print(f"ok  {manifest.name} {manifest.version}: {len(manifest.files)} file(s) verified")
 
 
+@app.command("run")
+def run(
+    config: ConfigOption,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads", min=1, help="ONNX Runtime threads per inference (default: all cores)."
+        ),
+    ] = None,
+) -> None:
+    """Follow the desired deployment and serve the model until SIGTERM or Ctrl-C."""
+    import signal
+    import threading
+
+    from edge_agent.agent import Agent
+    from edge_agent.config import load_settings
+
+    settings = load_settings(config)
+    stop = threading.Event()
+
+    def _request_stop(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _request_stop)
+    agent = Agent(settings, inference_threads=threads)
+    agent.start()
+    where = f"{settings.broker.host}:{settings.broker.port}"
+    http = f", HTTP on 127.0.0.1:{agent.http_port}" if agent.http_port is not None else ""
+    out.print(
+        f"fedge-agent {settings.device_id}: following {agent.topics.desired} at {where}{http}"
+    )
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        agent.stop()
+    out.print(f"fedge-agent {settings.device_id}: stopped")
+
+
+@app.command("status")
+def status(
+    config: ConfigOption,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """What this device serves and how its last deployment went (from the state directory)."""
+    import json
+
+    from edge_agent.config import load_settings
+    from edge_agent.status import local_status
+
+    settings = load_settings(config)
+    doc = local_status(settings)
+    if as_json:
+        out.print(json.dumps(doc, indent=2, sort_keys=True), markup=False)
+        return
+    for line in format_status(doc):
+        out.print(line, markup=False)
+
+
+def format_status(doc: dict[str, object]) -> list[str]:
+    """The human form of :func:`edge_agent.status.local_status`."""
+
+    def model(entry: object) -> str:
+        if not isinstance(entry, dict):
+            return "none"
+        return f"{entry['name']} {entry['version']} (sha256 {str(entry['manifestSha256'])[:12]}…)"
+
+    deployment = doc.get("deployment")
+    running = "running" if doc["running"] else "not running"
+    lines = [
+        f"device      {doc['deviceId']} (fleet {doc['fleet']})",
+        f"agent       {running}, birth seq {doc['birthSeq']}",
+        f"serving     {model(doc.get('current'))}",
+        f"previous    {model(doc.get('previous'))}",
+    ]
+    if isinstance(deployment, dict):
+        error = f": {deployment['error']}" if deployment.get("error") else ""
+        lines.append(f"deployment  {deployment['deploymentId']} {deployment['phase']}{error}")
+    else:
+        lines.append("deployment  none yet")
+    if doc.get("httpPort") is not None:
+        lines.append(f"http        127.0.0.1:{doc['httpPort']}")
+    return lines
+
+
 main = main_for(app, "fedge-agent")
+
+if __name__ == "__main__":
+    main()

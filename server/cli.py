@@ -13,6 +13,7 @@ from rich.table import Table
 from fedge.cli import main_for, new_app, out
 from fedge.errors import UsageError
 from server.enroll_cli import enroll_app
+from server.fleet_cli import register as register_fleet
 from server.place_cli import place_app
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(artifact_app, name="artifact")
 app.add_typer(enroll_app, name="enroll")
 app.add_typer(place_app, name="place")
+register_fleet(app)
 
 
 @policy_app.command("validate")

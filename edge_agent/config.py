@@ -1,0 +1,96 @@
+"""An AgentConfig file turned into the resolved settings an agent runs with.
+
+Relative paths (CA, client certificate, state directory, input folder, PEM trusted keys) are
+relative to the config file, so a device folder can be moved as a whole. The broker password is
+read here, at start-up, from its ``secretRef`` and registered for log redaction; it is never
+printed. :class:`AgentSettings` can also be built directly, which is how many agents run as
+threads of one process (a benchmark, a simulation).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedge.errors import UsageError
+from fedge.signing import PublicKey, parse_public_key
+
+__all__ = ["AgentSettings", "BrokerSettings", "load_settings"]
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    host: str
+    port: int
+    tls: bool = True
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    keepalive: float = 30.0
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    device_id: str
+    fleet: str
+    broker: BrokerSettings
+    trusted_keys: tuple[PublicKey, ...]
+    state_dir: Path
+    input_folder: Path | None = None
+    http_port: int | None = None
+    telemetry_interval: float = 30.0
+    publish_results: bool = False
+
+
+def _path(value: str | None, base: Path, what: str, *, must_exist: bool) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    if must_exist and not path.is_file():
+        raise UsageError(f"{what}: {path} does not exist or is not a file")
+    return path
+
+
+def load_settings(config: str | os.PathLike[str]) -> AgentSettings:
+    """Validate the AgentConfig at ``config`` and resolve its paths, keys and password."""
+    from policies import AgentConfig, load_one
+
+    file = Path(config)
+    doc = load_one(file, AgentConfig)
+    spec = doc.spec
+    base = file.resolve().parent
+    broker = spec.broker
+    ca_file = _path(broker.tls.ca_file, base, "spec.broker.tls.caFile", must_exist=True)
+    cert = _path(broker.tls.cert_file, base, "spec.broker.tls.certFile", must_exist=True)
+    key = _path(broker.tls.key_file, base, "spec.broker.tls.keyFile", must_exist=True)
+    password = None if broker.password_ref is None else broker.password_ref.resolve(base_dir=base)
+    keys = tuple(parse_public_key(value, base_dir=base) for value in spec.trusted_keys)
+    state_dir = _path(spec.state_dir, base, "spec.stateDir", must_exist=False)
+    folder = _path(spec.input.folder, base, "spec.input.folder", must_exist=False)
+    assert state_dir is not None  # noqa: S101 - stateDir is required by the model
+    return AgentSettings(
+        device_id=spec.device_id,
+        fleet=spec.fleet,
+        broker=BrokerSettings(
+            host=broker.host,
+            port=broker.port,
+            tls=broker.tls.enabled,
+            ca_file=ca_file,
+            cert_file=cert,
+            key_file=key,
+            username=broker.username,
+            password=password,
+            keepalive=broker.keepalive,
+        ),
+        trusted_keys=keys,
+        state_dir=state_dir,
+        input_folder=folder,
+        http_port=None if spec.input.http is None else spec.input.http.port,
+        telemetry_interval=spec.telemetry.interval,
+        publish_results=spec.telemetry.publish_results,
+    )

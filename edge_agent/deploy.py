@@ -1,0 +1,140 @@
+"""Bringing one deployment to the point of switch-over: download, verify, install, health-check.
+
+:meth:`Deployer.prepare` walks ``DOWNLOADING -> VERIFYING -> ACTIVATING`` and returns a loaded,
+healthy model that is *not yet served*; the agent then switches to it (one atomic pointer write)
+and reports ``SUCCEEDED``. Whatever fails on the way raises, and the model served before is
+untouched. Transient download failures (a replica down, a connection cut) are retried here, with
+the bytes already received kept; integrity failures (a hash, a signature, an untrusted signer) are
+final for that deployment.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_agent.download import Cancelled, Downloader, DownloadError
+from edge_agent.inference import InferenceEngine
+from edge_agent.protocol import ArtifactRef, DesiredState, Phase, Progress
+from edge_agent.store import InstalledModel, StateDir
+from fedge.artifact import verify_artifact
+from fedge.errors import EdgeError, FedgeError
+from fedge.logs import get_logger
+from fedge.manifest import MANIFEST_NAME, Manifest
+from fedge.signing import PublicKey
+
+__all__ = ["ACCEPTED_FORMATS", "Deployer", "PhaseCallback", "Prepared", "ref_of"]
+
+log = get_logger(__name__)
+
+ACCEPTED_FORMATS = frozenset({"onnx-int8", "onnx-fp32"})
+PhaseCallback = Callable[[Phase, str | None, Progress | None], None]
+
+
+def ref_of(desired: DesiredState) -> ArtifactRef:
+    return ArtifactRef(
+        name=desired.artifact, version=desired.version, manifest_sha256=desired.manifest_sha256
+    )
+
+
+@dataclass
+class Prepared:
+    ref: ArtifactRef
+    folder: Path
+    engine: InferenceEngine
+
+
+class Deployer:
+    def __init__(
+        self,
+        state: StateDir,
+        trusted: Sequence[PublicKey],
+        *,
+        inference_threads: int | None = None,
+        download_timeout: float = 30.0,
+        retry_delays: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
+    ) -> None:
+        self.state = state
+        self.trusted = tuple(trusted)
+        self.inference_threads = inference_threads
+        self.download_timeout = download_timeout
+        self.retry_delays = tuple(retry_delays)
+
+    def load(self, folder: Path, *, verify: bool = True) -> InferenceEngine:
+        """Verify an installed folder (again), load it and run the health check."""
+        if verify:
+            _check_format(verify_artifact(folder, self.trusted))
+        engine = InferenceEngine(folder, threads=self.inference_threads)
+        engine.health_check()
+        return engine
+
+    def load_installed(self, installed: InstalledModel) -> InferenceEngine:
+        return self.load(self.state.resolve(installed))
+
+    def prepare(
+        self, desired: DesiredState, *, on_phase: PhaseCallback, cancel: threading.Event
+    ) -> Prepared:
+        ref = ref_of(desired)
+        folder = self.state.model_dir(ref)
+        verified = False
+        if not folder.is_dir():
+            staging = self.state.staging(desired.manifest_sha256)
+            self._download(desired, staging, on_phase=on_phase, cancel=cancel)
+            on_phase(Phase.VERIFYING, None, None)
+            _check_format(verify_artifact(staging, self.trusted))
+            if cancel.is_set():
+                raise Cancelled("deployment cancelled")
+            on_phase(Phase.ACTIVATING, None, None)
+            folder = self.state.install(staging, ref)
+            verified = True
+        else:
+            log.info("%s %s is already in the store", ref.name, ref.version)
+            on_phase(Phase.VERIFYING, None, None)
+        try:
+            if not verified:
+                _check_format(verify_artifact(folder, self.trusted))
+                on_phase(Phase.ACTIVATING, None, None)
+            engine = self.load(folder, verify=False)
+        except FedgeError:
+            # Damaged, or verified but unusable: keep it out of the store so a retry starts clean.
+            self.state.remove(folder)
+            raise
+        return Prepared(ref=ref, folder=folder, engine=engine)
+
+    def _download(
+        self,
+        desired: DesiredState,
+        staging: Path,
+        *,
+        on_phase: PhaseCallback,
+        cancel: threading.Event,
+    ) -> Manifest:
+        def progress(done: int, total: int) -> None:
+            on_phase(
+                Phase.DOWNLOADING, None, Progress(bytes_done=min(done, total), bytes_total=total)
+            )
+
+        downloader = Downloader(timeout=self.download_timeout, cancel=cancel, on_progress=progress)
+        on_phase(Phase.DOWNLOADING, None, None)
+        delays = list(self.retry_delays)
+        while True:
+            try:
+                return downloader.download(desired, staging)
+            except DownloadError as exc:
+                if not exc.transient or not delays:
+                    raise
+                delay = delays.pop(0)
+                log.warning("download failed, retrying in %.0f s: %s", delay, exc)
+                on_phase(Phase.DOWNLOADING, f"retrying in {delay:.0f} s: {exc}", None)
+                if cancel.wait(delay):
+                    raise Cancelled("deployment cancelled") from exc
+
+
+def _check_format(manifest: Manifest) -> None:
+    if manifest.format not in ACCEPTED_FORMATS:
+        raise EdgeError(
+            f"{MANIFEST_NAME}: format {manifest.format!r} is not one this agent runs "
+            f"({', '.join(sorted(ACCEPTED_FORMATS))})"
+        )

@@ -1,0 +1,34 @@
+"""What the inputs (folder, HTTP) need from the agent: classify texts with the model served now."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from edge_agent.inference import Prediction
+from fedge.errors import EdgeError
+
+__all__ = ["Classified", "Classifier", "NoModelError", "Source"]
+
+Source = Literal["folder", "http"]
+
+
+class NoModelError(EdgeError):
+    """No model has been installed yet; the input should wait, not fail."""
+
+
+@dataclass(frozen=True)
+class Classified:
+    artifact: str
+    version: str
+    predictions: list[Prediction]
+    latency_ms: float
+
+
+class Classifier(Protocol):
+    def classify(
+        self, texts: Sequence[str], *, source: Source, input_ids: Sequence[str]
+    ) -> Classified: ...
+
+    def status_document(self) -> bytes: ...
