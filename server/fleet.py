@@ -21,7 +21,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -155,6 +155,7 @@ class FleetBroker:
         self.devices: dict[str, DeviceRecord] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
+        self._changed = threading.Event()  # a device's reported or status document moved
         self._error: str | None = None
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -168,6 +169,7 @@ class FleetBroker:
             self._client.tls_set_context(context)
         if broker.username:
             self._client.username_pw_set(broker.username, broker.password)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=5)  # ride out a broker restart
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._broker = broker
@@ -239,23 +241,83 @@ class FleetBroker:
             record.last_seen = doc.ts
             if isinstance(doc, ReportedState):
                 record.reported = doc
+                self._changed.set()
             elif isinstance(doc, StatusMessage):
                 record.status = doc
+                self._changed.set()
             elif isinstance(doc, TelemetryMessage):
                 record.telemetry = doc
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Block until a device's ``reported`` or ``status`` changes (True) or ``timeout``."""
+        changed = self._changed.wait(max(0.0, timeout))
+        self._changed.clear()
+        return changed
 
     def snapshot(self) -> dict[str, DeviceRecord]:
         with self._lock:
             return {name: _copy(record) for name, record in self.devices.items()}
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
-        info.wait_for_publish(timeout=15.0)
-        if not info.is_published():
-            raise EdgeError(f"{topic}: the broker did not acknowledge the message")
+    def publish(self, topic: str, payload: bytes, *, retain: bool, timeout: float = 30.0) -> None:
+        """Publish at QoS 1 and wait for the broker's PUBACK, across a reconnection.
+
+        paho reports a publish made while the connection is down as an error (and queues it); a
+        rollout must survive a broker restart, so the message is sent again once the client has
+        reconnected. A duplicate is harmless: ``desired`` is retained (the same bytes twice) and
+        an agent ignores a second ``rollback`` of a deployment it already rolled back.
+        """
+        deadline = time.monotonic() + timeout
+        problem = "not connected"
+        while time.monotonic() < deadline:
+            if self._client.is_connected():
+                info = self._client.publish(topic, payload, qos=1, retain=retain)
+                try:
+                    info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
+                    if info.is_published():
+                        return
+                    problem = "no acknowledgement"
+                except (RuntimeError, ValueError) as exc:  # connection lost, queue full
+                    problem = str(exc)
+            time.sleep(0.1)
+        raise EdgeError(f"{topic}: the broker did not acknowledge the message ({problem})")
+
+    def publish_many(
+        self, messages: Sequence[tuple[str, bytes]], *, retain: bool, timeout: float = 30.0
+    ) -> None:
+        """Publish several QoS 1 messages back to back, then wait for every PUBACK.
+
+        A batch of a hundred devices then costs about one round trip to the broker instead of a
+        hundred (paho keeps up to the broker's receive maximum in flight and queues the rest).
+        A message not acknowledged that way goes through :meth:`publish`, which rides out a
+        reconnection.
+        """
+        sent: list[tuple[str, bytes, mqtt.MQTTMessageInfo | None]] = []
+        for topic, payload in messages:
+            info = None
+            if self._client.is_connected():
+                info = self._client.publish(topic, payload, qos=1, retain=retain)
+            sent.append((topic, payload, info))
+        deadline = time.monotonic() + timeout
+        for topic, payload, info in sent:
+            if info is not None:
+                try:
+                    info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
+                    if info.is_published():
+                        continue
+                except (RuntimeError, ValueError):  # connection lost, queue full
+                    pass
+            self.publish(topic, payload, retain=retain, timeout=timeout)
 
     def desire(self, device: str, desired: DesiredState) -> None:
         self.publish(device_topics(self.fleet, device).desired, desired.to_json(), retain=True)
+
+    def desire_all(self, desired: Mapping[str, DesiredState]) -> None:
+        """Publish each device's retained desired document, all in flight at once."""
+        messages = [
+            (device_topics(self.fleet, device).desired, document.to_json())
+            for device, document in desired.items()
+        ]
+        self.publish_many(messages, retain=True)
 
     def command(self, device: str, command: Command) -> None:
         message = CommandMessage(command=command, request_id=uuid.uuid4().hex)
@@ -290,14 +352,12 @@ def _carry_out(
     previous: Mapping[str, DesiredState | None],
 ) -> None:
     if action.kind == "desire":
-        for device in action.devices:
-            connection.desire(device, desired)
+        connection.desire_all(dict.fromkeys(action.devices, desired))
     elif action.kind == "rollback":
+        restore = {d: before for d in action.devices if (before := previous.get(d)) is not None}
+        connection.desire_all(restore)
         for device in action.devices:
-            before = previous.get(device)
-            if before is not None:
-                connection.desire(device, before)
-            else:
+            if device not in restore:
                 connection.command(device, Command.ROLLBACK)
 
 
@@ -310,13 +370,17 @@ def run_rollout(
     devices: Iterable[str] | None = None,
     discover: float = 2.0,
     poll: float = 0.5,
+    settle: float = 0.05,
     on_step: Callable[[RolloutState, list[Action]], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> RolloutState:
     """Roll ``desired`` out to the fleet under ``spec``; returns the final state.
 
     ``devices`` defaults to every device of the fleet that has retained state on the broker
-    after ``discover`` seconds (its status, or a reported document).
+    after ``discover`` seconds (its status, or a reported document). The decision is taken again
+    as soon as a device reports (at most every ``settle`` seconds, so a burst of reports from a
+    large batch costs one decision, not one each), at the end of the soak, and at least every
+    ``poll`` seconds (for the timeout).
     """
     with FleetBroker(broker, fleet) as connection:
         time.sleep(discover)
@@ -328,6 +392,7 @@ def run_rollout(
         state = start_rollout(desired.deployment_id, chosen, spec, now=clock())
         while True:
             views = {name: record.view() for name, record in connection.snapshot().items()}
+            stage = state.stage
             state, actions = decide(state, views, spec, now=clock())
             for action in actions:
                 _carry_out(connection, action, desired, previous)
@@ -335,4 +400,9 @@ def run_rollout(
                 on_step(state, actions)
             if state.finished:
                 return state
-            time.sleep(poll)
+            if actions or state.stage == stage:  # a new stage is judged at once
+                wait = poll
+                if state.stage == "soak":
+                    wait = min(wait, state.stage_started + spec.soak_time - clock())
+                connection.wait_for_change(wait)
+                time.sleep(settle)

@@ -175,13 +175,14 @@ def deploy(
         for action in actions:
             if action.devices:
                 out.print(f"{action.kind}: {', '.join(action.devices)}")
-        if state.finished:
-            out.print(f"rollout {state.stage}: {state.reason}")
+        if state.stage == "succeeded":  # a halt is the one error line below, not two
+            out.print(f"rollout succeeded: {state.reason}")
 
     out.print(f"deploying {desired.artifact} {desired.version} as {desired.deployment_id}")
     state = run_rollout(settings, fleet, desired, spec, devices=chosen, on_step=show)
     if state.stage != "succeeded":
-        raise EdgeError(f"rollout halted: {state.reason}")
+        undone = f"; rolled back {', '.join(state.updated)}" if state.rolled_back else ""
+        raise EdgeError(f"rollout halted: {state.reason}{undone}")
     if placement_state is not None:
         from cloud_adapters.state import PlacementState
 
