@@ -6,4 +6,5 @@ source "$(dirname "$0")/setup-env.sh"
 cd "$FEDGE_ROOT"
 
 fedge_setup_python "all"
+fedge_setup_debian mosquitto   # the demo's broker (TLS, passwords, ACLs), started and stopped by it
 exec "$FEDGE_VENV/bin/fedge" demo "$@"

@@ -22,13 +22,15 @@ fedge_setup_python() {
   "$FEDGE_VENV/bin/python" -m pip install -q -e "$FEDGE_ROOT[$extras]"
 }
 
-# The real servers and tools the integration tiers start: mosquitto (Debian), Chromium (Debian,
-# renders the run report; Playwright drives it, no browser download) and Azurite (npm).
-# moto's S3 server comes with the dev extra. Installed only where missing.
-fedge_setup_servers() {
-  local missing=()
-  command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
-  [ -x /usr/bin/chromium ] || missing+=(chromium)
+# Debian packages, installed only where missing (apt-get needs root; otherwise say what to do).
+fedge_setup_debian() {
+  local missing=() package
+  for package in "$@"; do
+    case $package in
+      mosquitto) command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto) ;;
+      chromium) [ -x /usr/bin/chromium ] || missing+=(chromium) ;;
+    esac
+  done
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
       apt-get update -qq
@@ -38,6 +40,14 @@ fedge_setup_servers() {
       echo "setup: missing Debian packages (install them as root): ${missing[*]}" >&2
     fi
   fi
+  export PATH="/usr/sbin:$PATH"
+}
+
+# The real servers and tools the integration tiers start: mosquitto (Debian), Chromium (Debian,
+# renders the run report; Playwright drives it, no browser download) and Azurite (npm).
+# moto's S3 server comes with the dev extra. Installed only where missing.
+fedge_setup_servers() {
+  fedge_setup_debian mosquitto chromium
   local node_dir="$FEDGE_ROOT/.ci/cache/node"
   if [ ! -x "$node_dir/node_modules/.bin/azurite-blob" ]; then
     if command -v npm >/dev/null 2>&1; then

@@ -236,8 +236,10 @@ def test_client_inspect(cli, tmp_path: Path) -> None:
     assert "expected exactly one FederationPolicy document, found 0" in result.err
 
 
-def test_demo_validates_examples_and_says_what_is_missing(cli, tmp_path: Path) -> None:
-    result = cli(fedge_app, "demo", "--workdir", tmp_path / "w")
-    assert result.code == 0
-    assert "5 example documents are valid" in result.out
-    assert "Not built yet" in result.out
+def test_demo_refuses_bad_options_in_one_line_before_starting_anything(cli, tmp_path: Path) -> None:
+    """The demo's own run is tests/test_demo.py; here only its input checks."""
+    bad = cli(fedge_app, "demo", "--workdir", tmp_path / "w", "--protection", "rot13")
+    assert bad.code == 2 and "--protection 'rot13'" in bad.err and len(bad.err.splitlines()) == 1
+    missing = cli(fedge_app, "demo", "--workdir", tmp_path / "w", "--data", tmp_path / "none.tsv")
+    assert missing.code == 2 and "--data" in missing.err
+    assert not (tmp_path / "w").exists()

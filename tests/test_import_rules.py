@@ -56,6 +56,7 @@ ALLOWED: dict[str, set[str]] = {
         "numpy",
         "paho",
         "pydantic",
+        "yaml",
         "matplotlib",
         "typer",
         "rich",
