@@ -179,9 +179,9 @@ class _Demo:
                 "clients": {"perRound": self.o.clients, "minimum": self.o.clients},
                 "roundTimeout": "10m",
                 "protection": self.o.protection,
-                "training": {"batchSize": 32, "localEpochs": 2, "learningRate": 1.0e-2},
+                "training": {"batchSize": 16, "learningRate": 5.0e-3},
                 "privacy": {"targetEpsilon": self.o.epsilon, "delta": 1.0e-5},
-                "lora": {"rank": 2, "alpha": 16, "targetModules": ["value"]},
+                "lora": {"rank": 8, "alpha": 16},
             },
         }
         path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
