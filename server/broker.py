@@ -29,7 +29,7 @@ from fedge.atomic import atomic_write_text
 from fedge.errors import EdgeError
 from fedge.tls import CertPaths
 
-__all__ = ["OPERATOR", "LocalBroker", "mosquitto_binary"]
+__all__ = ["OPERATOR", "LocalBroker", "mosquitto_binary", "password_line"]
 
 OPERATOR = "operator"
 LOOPBACK = "127.0.0.1"
@@ -51,7 +51,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _password_line(username: str, password: str, *, iterations: int = 101) -> str:
+def password_line(username: str, password: str, *, iterations: int = 101) -> str:
     """mosquitto 2.x's password-file format: ``$7$`` is PBKDF2-HMAC-SHA512 with a 12-byte salt."""
     salt = secrets.token_bytes(12)
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, dklen=64)
@@ -82,7 +82,7 @@ class LocalBroker:
             user = self.username(fleet, device)
             self.passwords[user] = secrets.token_urlsafe(16)
             blocks.append(f"user {user}\ntopic readwrite fedge/v1/{fleet}/{device}/#\n")
-        lines = [_password_line(u, p) for u, p in self.passwords.items()]
+        lines = [password_line(u, p) for u, p in self.passwords.items()]
         atomic_write_text(folder / "passwd", "\n".join(lines) + "\n", mode=0o600)
         atomic_write_text(folder / "acl", "\n".join(blocks), mode=0o600)
         for user, password in self.passwords.items():

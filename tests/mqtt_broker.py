@@ -15,9 +15,7 @@ starts is stopped at the end of the test). A missing mosquitto fails under CI an
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import json
 import os
 import pwd
@@ -40,7 +38,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from fedge.errors import EdgeError
 from fedge.tls import CertPaths, generate_federation_certs
+from server.broker import mosquitto_binary as product_binary
+from server.broker import password_line
 
 LOOPBACK = "127.0.0.1"
 OPERATOR = "operator"
@@ -51,27 +52,16 @@ class BrokerMissingError(RuntimeError):
 
 
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()),
-        None,
-    )
-    if found is None:
-        raise BrokerMissingError("mosquitto is not installed (apt-get install mosquitto)")
-    return found
+    try:
+        return product_binary()
+    except EdgeError as exc:
+        raise BrokerMissingError(str(exc)) from exc
 
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
-
-
-def pbkdf2_line(username: str, password: str, *, iterations: int = 101) -> str:
-    """A mosquitto 2.x password-file line (``$7$``: PBKDF2-HMAC-SHA512, 12-byte salt)."""
-    salt = secrets.token_bytes(12)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, dklen=64)
-    encoded = f"{base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-    return f"{username}:$7${iterations}${encoded}"
 
 
 def write_password_file(path: Path, users: dict[str, str], *, use_tool: bool = True) -> None:
@@ -81,7 +71,7 @@ def write_password_file(path: Path, users: dict[str, str], *, use_tool: bool = T
     path.write_text("", encoding="utf-8")
     path.chmod(0o600)
     if tool is None or not use_tool:
-        lines = [pbkdf2_line(user, password) for user, password in users.items()]
+        lines = [password_line(user, password) for user, password in users.items()]
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return
     for user, password in users.items():
