@@ -432,10 +432,9 @@ def _tls_ready(port: int, ca: Path) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuperLink]:
-    """A TLS SuperLink on a free loopback port, shared by the slow tests of this module."""
-    tmp_path = tmp_path_factory.mktemp("superlink")
+@contextlib.contextmanager
+def running_superlink(tmp_path: Path, *, supernode_auth: bool = False) -> Iterator[SuperLink]:
+    """A TLS SuperLink on a free loopback port, stopped at the end; fails under CI if missing."""
     env = flower_environment(tmp_path / "superlink-home")
     executable = shutil.which("flower-superlink", path=env["PATH"])
     if executable is None:
@@ -446,9 +445,12 @@ def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuperLink]:
     certs = generate_federation_certs(tmp_path / "certs")
     port = _free_port()
     log = tmp_path / "superlink.log"
+    command = superlink_command(
+        certs, host=LOOPBACK, port=port, executable=executable, supernode_auth=supernode_auth
+    )
     with log.open("ab") as out:
         process = subprocess.Popen(
-            superlink_command(certs, host=LOOPBACK, port=port, executable=executable),
+            command,
             env=env,
             cwd=tmp_path,
             stdin=subprocess.DEVNULL,
@@ -457,19 +459,23 @@ def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuperLink]:
             start_new_session=True,
         )
     try:
-        write_flwr_home(
-            tmp_path / "operator-flwr",
-            address=f"{LOOPBACK}:{port}",
-            root_certificates=certs.ca_cert,
-        )
+        home = tmp_path / "operator-flwr"
+        write_flwr_home(home, address=f"{LOOPBACK}:{port}", root_certificates=certs.ca_cert)
         deadline = time.monotonic() + 60
         while not _tls_ready(port, certs.ca_cert):
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"flower-superlink did not come up:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
-        yield SuperLink(f"{LOOPBACK}:{port}", certs, process, log, tmp_path / "operator-flwr")
+        yield SuperLink(f"{LOOPBACK}:{port}", certs, process, log, home)
     finally:
         _stop_group(process)
+
+
+@pytest.fixture(scope="module")
+def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuperLink]:
+    """A TLS SuperLink on a free loopback port, shared by the slow tests of this module."""
+    with running_superlink(tmp_path_factory.mktemp("superlink")) as link:
+        yield link
 
 
 def _policy(model: Path) -> str:

@@ -9,9 +9,6 @@ own that is stopped whatever the outcome.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,19 +20,11 @@ from client.enroll import enroll_command, generate_node_key, load_join
 from client.supernode import SuperNodeProcess, supernode_command
 from fedge.atomic import atomic_write_bytes
 from fedge.cli import new_app
-from fedge.tls import generate_federation_certs
-from server.deployment import flower_environment, superlink_command, write_flwr_home
 from server.enroll_cli import enroll_app
 from server.enroll_service import Enroller, EnrollmentServer, SuperLinkControl
 from server.enrollment import Registry, ca_fingerprint
 from tests.conftest import Result
-from tests.test_deployment_engine import (
-    LOOPBACK,
-    SuperLink,
-    _free_port,
-    _stop_group,
-    _tls_ready,
-)
+from tests.test_deployment_engine import SuperLink, _free_port, running_superlink
 
 pytestmark = pytest.mark.slow
 
@@ -45,41 +34,8 @@ JOIN_TIMEOUT = 90.0
 @pytest.fixture(scope="module")
 def auth_superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuperLink]:
     """A TLS SuperLink that admits only SuperNodes whose keys were registered with it."""
-    tmp_path = tmp_path_factory.mktemp("auth-superlink")
-    env = flower_environment(tmp_path / "superlink-home")
-    executable = shutil.which("flower-superlink", path=env["PATH"])
-    if executable is None:
-        message = "flower-superlink is not installed (pip install 'fedge[server]')"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    certs = generate_federation_certs(tmp_path / "certs")
-    port = _free_port()
-    log = tmp_path / "superlink.log"
-    command = superlink_command(
-        certs, host=LOOPBACK, port=port, executable=executable, supernode_auth=True
-    )
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            command,
-            env=env,
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        home = tmp_path / "operator-flwr"
-        write_flwr_home(home, address=f"{LOOPBACK}:{port}", root_certificates=certs.ca_cert)
-        deadline = time.monotonic() + 60
-        while not _tls_ready(port, certs.ca_cert):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"flower-superlink did not come up:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield SuperLink(f"{LOOPBACK}:{port}", certs, process, log, home)
-    finally:
-        _stop_group(process)
+    with running_superlink(tmp_path_factory.mktemp("auth-superlink"), supernode_auth=True) as link:
+        yield link
 
 
 def _apps() -> tuple[typer.Typer, typer.Typer]:
