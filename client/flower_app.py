@@ -16,6 +16,7 @@ again: re-sending the same output costs no extra privacy; training again would.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import random
@@ -214,7 +215,13 @@ def warm_up(settings: ClientSettings) -> bool:
 
 
 def _coordinator_policy(message: Message) -> FederationPolicy:
-    text = str(message.content.config_records[m.CONFIG][m.POLICY])
+    return _policy_from_text(str(message.content.config_records[m.CONFIG][m.POLICY]))
+
+
+@functools.lru_cache(maxsize=8)
+def _policy_from_text(text: str) -> FederationPolicy:
+    # One message asks for its policy several times (the evaluation, the round, the reply's
+    # protection) and every message of a run carries the same text: validate it once.
     report = check_text(text, name="coordinator policy")
     report.raise_for_problems()
     policy = report.documents[0].document
