@@ -29,7 +29,7 @@ from fedge.atomic import atomic_write_text
 from fedge.errors import EdgeError
 from fedge.tls import CertPaths
 
-__all__ = ["OPERATOR", "LocalBroker", "mosquitto_binary", "password_line"]
+__all__ = ["OPERATOR", "LocalBroker", "free_port", "mosquitto_binary", "password_line"]
 
 OPERATOR = "operator"
 LOOPBACK = "127.0.0.1"
@@ -45,7 +45,8 @@ def mosquitto_binary() -> str:
     return found
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
@@ -72,7 +73,7 @@ class LocalBroker:
     ) -> None:
         self.folder = folder
         self.certs = certs
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "data").mkdir(exist_ok=True)

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -73,12 +72,6 @@ class _State:
 
 def _bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def _tool(args: Sequence[str], *, what: str, cwd: Path | None = None) -> str:
@@ -197,12 +190,10 @@ class _Demo:
             certs = generate_federation_certs(self.w / "pki")
             he_public = None
             if self.o.protection == "he":  # a data holder acts as the key custodian
-                he_dir = self.run_dir / "he"
-                _tool(
-                    [_bin("fedge-client"), "he", "keygen", "--out", str(he_dir), "--force"],
-                    what="fedge-client he keygen",
-                )
-                he_public = (he_dir / "he-public.ctx").read_bytes()
+                from server.train import simulated_he_keys
+
+                _secret, public = simulated_he_keys(self.run_dir / "he")
+                he_public = public.read_bytes()
             ca = certs.ca_cert.read_text(encoding="utf-8")
             registry = Registry.in_workdir(self.w / "coordinator")
             enroller = Enroller(
@@ -262,9 +253,9 @@ class _Demo:
 
             train_simulated(plan, num_clients=self.o.clients, data_dir=data, progress=advance)
         # the run's metrics and checkpoints live in run/; the report reads metrics from there
-        self.state.summary["budgets"] = self.budgets(policy)
+        self.state.summary["budgets"] = self.budgets()
 
-    def budgets(self, policy: Path) -> list[dict[str, Any]]:
+    def budgets(self) -> list[dict[str, Any]]:
         rows = []
         for line in _metrics(self.run_dir)[-1:]:
             for client, spent in sorted(line.get("epsilon", {}).items()):
@@ -440,7 +431,7 @@ class _Demo:
         from fedge.signing import load_public_key
         from fedge.tls import generate_federation_certs
         from policies import RolloutPolicy
-        from server.broker import OPERATOR, LocalBroker
+        from server.broker import OPERATOR, LocalBroker, free_port
         from server.fleet import OperatorBroker, desired_for_artifact, fleet_snapshot, run_rollout
 
         devices = [f"edge-{i + 1}" for i in range(self.o.devices)]
@@ -453,7 +444,7 @@ class _Demo:
             for device in devices:
                 folder = self.w / "devices" / device
                 folder.mkdir(parents=True, exist_ok=True)
-                ports[device] = _free_port()
+                ports[device] = free_port()
                 config = _agent_config(
                     folder,
                     device=device,

@@ -13,7 +13,7 @@ from policies import FederationPolicy
 from server.app_dir import write_app_dir
 from server.federation import RoundReport, RunSettings
 
-__all__ = ["TrainPlan", "load_plan", "train_deployed", "train_simulated"]
+__all__ = ["TrainPlan", "load_plan", "simulated_he_keys", "train_deployed", "train_simulated"]
 
 _DATA_SUFFIXES = (".tsv", ".csv", ".jsonl")
 
@@ -100,7 +100,7 @@ def train_simulated(
     }
     settings = plan.settings
     if settings.policy.spec.protection == "he":
-        secret, public = _simulated_he_keys(workdir / "he")
+        secret, public = simulated_he_keys(workdir / "he")
         config |= {"he-secret-context": str(secret), "he-public-context": str(public)}
         settings = replace(settings, he_public_context=public)
     app_dir = write_app_dir(workdir / "app", config)
@@ -115,7 +115,7 @@ def train_simulated(
     )
 
 
-def _simulated_he_keys(folder: Path) -> tuple[Path, Path]:
+def simulated_he_keys(folder: Path) -> tuple[Path, Path]:
     """The simulated holders' CKKS keys, made by their own tool as a key custodian would.
 
     The coordinator's code never makes or reads a secret key: ``fedge-client he keygen`` runs
