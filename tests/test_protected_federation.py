@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 def test_an_he_run_aggregates_ciphertexts_and_matches_plain_fedavg(tmp_path) -> None:
     model, data = make_inputs(tmp_path, clients=3, examples=40)
     policy = tmp_path / "federation.yaml"
-    policy.write_text(policy_text(model, rounds=2, per_round=3, minimum=2, protection="he"))
+    policy.write_text(policy_text(model, rounds=2, per_round=3, minimum=3, protection="he"))
     workdir = tmp_path / "run"
     plan = load_plan(policy, workdir=workdir, run_id="he-test")
     train_simulated(plan, num_clients=3, data_dir=data, cpus_per_client=0.5)
@@ -88,7 +88,7 @@ def assert_fedavg_of_stored_updates(
 def test_a_secagg_run_gives_plain_fedavg_within_the_quantization_error(tmp_path) -> None:
     model, data = make_inputs(tmp_path, clients=3, examples=40)
     policy = tmp_path / "federation.yaml"
-    policy.write_text(policy_text(model, rounds=2, per_round=3, minimum=2, protection="secagg"))
+    policy.write_text(policy_text(model, rounds=2, per_round=3, minimum=3, protection="secagg"))
     workdir = tmp_path / "run"
     plan = load_plan(policy, workdir=workdir, run_id="secagg-test")
     train_simulated(plan, num_clients=3, data_dir=data, cpus_per_client=0.5)
