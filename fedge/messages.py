@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "ARRAYS",
+    "BATCH_SIZE",
     "CLIENT",
     "CONFIG",
     "DECLINED",
@@ -23,6 +24,7 @@ __all__ = [
     "HE_TOTAL_WEIGHT",
     "HE_UPDATE",
     "INFO",
+    "LEARNING_RATE",
     "METRICS",
     "NOISE_MULTIPLIER",
     "NUM_EXAMPLES",
@@ -68,6 +70,8 @@ EPSILON = "epsilon"  # total spent by this client in this budget, after the roun
 EPSILON_ROUND = "epsilon-round"
 NOISE_MULTIPLIER = "noise-multiplier"
 STEPS = "steps"
+BATCH_SIZE = "batch-size"  # the round's expected logical batch (policy or DP-aware plan)
+LEARNING_RATE = "learning-rate"
 DECLINED = "declined"  # 1 when the client refused the round (its budget, its data)
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"

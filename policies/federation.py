@@ -21,6 +21,7 @@ __all__ = [
 Strategy = Literal["fedavg", "fedadam", "fedyogi", "fedadagrad"]
 Protection = Literal["none", "secagg", "he"]
 Accountant = Literal["rdp", "prv"]
+Pooling = Literal["mean", "cls"]
 
 
 class ModelSpec(Spec):
@@ -32,6 +33,11 @@ class ModelSpec(Spec):
     task: Literal["sequence-classification"] = "sequence-classification"
     num_labels: int = Field(default=2, ge=2, le=1000)
     max_length: int = Field(default=128, ge=8, le=4096)
+    pooling: Pooling = Field(
+        default="mean",
+        description="mean: a linear head on the mean of the token states (how sentence encoders "
+        "such as all-MiniLM-L6-v2 are trained); cls: transformers' [CLS] pooler classifier",
+    )
 
 
 class ClientsSpec(Spec):
@@ -51,10 +57,15 @@ class AggregationSpec(Spec):
 
 
 class TrainingSpec(Spec):
-    local_epochs: int = Field(default=1, ge=1, le=100)
-    batch_size: int = Field(default=16, ge=1, le=4096, description="expected logical batch size")
-    learning_rate: float = Field(default=5e-4, gt=0, le=1)
-    max_physical_batch_size: int = Field(default=32, ge=1, le=4096)
+    """How each holder trains a round; a setting left out is chosen by fedge's DP-aware plan
+    (client/plan.py) from the holder's number of examples, the rounds and the budget."""
+
+    local_epochs: int | None = Field(default=None, ge=1, le=1000)
+    batch_size: int | None = Field(
+        default=None, ge=1, le=65536, description="expected logical batch size"
+    )
+    learning_rate: float | None = Field(default=None, gt=0, le=1)
+    max_physical_batch_size: int = Field(default=64, ge=1, le=4096)
 
 
 class PrivacySpec(Spec):
@@ -85,4 +96,8 @@ class FederationSpec(Spec):
     protection: Protection = "none"
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
-    lora: LoraSpec = Field(default_factory=LoraSpec)
+    lora: LoraSpec | None = Field(
+        default=None,
+        description="LoRA adapters trained with the head; absent: only the head trains "
+        "(a DP linear probe, the better choice for a few thousand examples per holder)",
+    )

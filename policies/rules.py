@@ -60,7 +60,9 @@ def _federation(doc: FederationPolicy) -> Iterator[tuple[Loc, str, str]]:
             "the coordinator only adds ciphertexts; a server optimizer would need the plaintext",
         )
     training = doc.spec.training
-    if training.max_physical_batch_size > training.batch_size * 4:
+    if training.batch_size is not None and training.max_physical_batch_size > max(
+        64, training.batch_size * 4
+    ):
         yield (
             ("spec", "training", "maxPhysicalBatchSize"),
             "maxPhysicalBatchSize is far above batchSize",

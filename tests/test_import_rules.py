@@ -46,6 +46,7 @@ ALLOWED: dict[str, set[str]] = {
         "policies",
         "cloud_adapters",
         "edge_agent.protocol",
+        "client.contract",
         "flwr",
         "tenseal",
         "torch",
