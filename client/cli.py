@@ -195,6 +195,57 @@ def check(
     out.print(f"ok  {data}: {len(loaded)} examples (per label: {counts}); model {model}")
 
 
+@app.command("baseline")
+def baseline(
+    data: Annotated[
+        list[Path], typer.Option("--data", help="Labelled training file (repeat to pool files).")
+    ],
+    heldout: Annotated[Path, typer.Option("--heldout", help="Labelled file to score on.")],
+    policy: PolicyOption,
+    *,
+    private: Annotated[
+        bool, typer.Option("--dp", help="Also train centrally with DP at the policy's budget.")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the figures as JSON to this file.")
+    ] = None,
+) -> None:
+    """The price of privacy on your data: untrained floor and non-private central ceiling.
+
+    Trains the policy's model on your data alone, as one central run of the federation's
+    epochs, and scores it on --heldout next to the untrained model. Nothing leaves this machine.
+    """
+    import json
+
+    from client.baseline import run_baseline
+    from client.contract import quiet_libraries
+    from client.data import LabelledData, load_labelled
+    from fedge.atomic import atomic_write_text
+    from policies import FederationPolicy, load_one
+
+    doc = load_one(policy, FederationPolicy)
+    num_labels = doc.spec.model.num_labels
+    parts = [load_labelled(path, num_labels=num_labels) for path in data]
+    pooled = LabelledData(
+        texts=tuple(t for part in parts for t in part.texts),
+        labels=tuple(label for part in parts for label in part.labels),
+        label_names=parts[0].label_names,
+        path=",".join(str(path) for path in data),
+    )
+    held = load_labelled(heldout, num_labels=num_labels)
+    quiet_libraries()
+    result = run_baseline(doc, pooled, held, private=private)
+    dp = f", central DP {result.central_dp:.3f}" if result.central_dp is not None else ""
+    out.print(
+        f"held-out {heldout} ({result.heldout_examples} examples, majority class "
+        f"{result.majority:.3f}): untrained floor {result.floor:.3f}, non-private central "
+        f"ceiling {result.ceiling:.3f}{dp} ({result.train_examples} training examples, "
+        f"{result.epochs} epochs at batch {result.batch_size})"
+    )
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
+
+
 @app.command("budget")
 def budget(policy: PolicyOption, state_dir: StateOption) -> None:
     """Print your privacy ledger: epsilon spent per round and in total, against your budget."""

@@ -26,6 +26,7 @@ module can import this one without loading torch until it builds a model.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ __all__ = [
     "builtin_minilm",
     "get_trainable",
     "merged_module",
+    "quiet_libraries",
     "resolve_model_source",
     "set_trainable",
     "trains_encoder",
@@ -164,6 +166,21 @@ class TrainableModel:
         """The linear head of a mean-pooling model (what trains on cached features)."""
         head: torch.nn.Module = self.model.get_submodule(HEAD_NAME)
         return head
+
+
+def quiet_libraries() -> None:
+    """Progress bars, load reports and deprecation notes from transformers and Opacus would
+    drown fedge's own output; a data holder sees its round's line, not theirs."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    warnings.filterwarnings("ignore", module="opacus")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", message=".*Full backward hook.*")
+    logging.getLogger("opacus").setLevel(logging.ERROR)
 
 
 def trains_encoder(model: torch.nn.Module) -> bool:

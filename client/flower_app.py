@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import functools
 import io
-import logging
 import random
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +31,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from torch.utils.data import TensorDataset
 
-from client.contract import TrainableModel, build_for_policy, get_trainable, set_trainable
+from client.contract import (
+    TrainableModel,
+    build_for_policy,
+    get_trainable,
+    quiet_libraries,
+    set_trainable,
+)
 from client.data import LabelledData, load_labelled
 from client.ledger import PrivacyLedger
 from client.plan import TrainingChoice, choose_training
@@ -150,18 +154,6 @@ class _Prepared:
 _cache: dict[tuple[Any, ...], Any] = {}
 
 
-def _quiet() -> None:
-    # Progress bars and load reports from transformers would drown the federation's own logs.
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    warnings.filterwarnings("ignore", module="opacus")
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    warnings.filterwarnings("ignore", message=".*Full backward hook.*")
-    logging.getLogger("opacus").setLevel(logging.ERROR)
-
-
 def _split(data: LabelledData, *, fraction: float, seed: int) -> tuple[LabelledData, LabelledData]:
     order = list(range(len(data)))
     random.Random(f"eval:{seed}").shuffle(order)
@@ -191,7 +183,7 @@ def _prepare(settings: ClientSettings, policy: FederationPolicy) -> _Prepared:
     spec = policy.spec
     model_key = ("model", spec.model.model_dump_json(), spec.lora and spec.lora.model_dump_json())
     if model_key not in _cache:
-        _quiet()
+        quiet_libraries()
         _cache[model_key] = build_for_policy(spec, seed=settings.seed)
     model: TrainableModel = _cache[model_key]
     train, held = _local_data(settings, spec.model.num_labels)
@@ -542,7 +534,7 @@ def _evaluate(message: Message, settings: ClientSettings) -> Message:
 def _initial(message: Message, settings: ClientSettings) -> Message:
     spec = (settings.policy or _coordinator_policy(message)).spec
     # A fresh model from the seed, not the warm one: its weights may have moved in earlier runs.
-    _quiet()
+    quiet_libraries()
     fresh = build_for_policy(spec, seed=settings.seed)
     content = RecordDict({m.ARRAYS: _record(get_trainable(fresh.model))})
     content[m.INFO] = ConfigRecord({m.CLIENT: settings.name})

@@ -172,9 +172,9 @@ class _Demo:
                 "clients": {"perRound": self.o.clients, "minimum": self.o.clients},
                 "roundTimeout": "10m",
                 "protection": self.o.protection,
-                "training": {"batchSize": 16, "learningRate": 5.0e-3},
+                # batch, epochs and learning rate: chosen per holder by the DP-aware plan
                 "privacy": {"targetEpsilon": self.o.epsilon, "delta": 1.0e-5},
-                "lora": {"rank": 8, "alpha": 16},
+                # no `lora`: only the mean-pooled head trains (a DP linear probe)
             },
         }
         path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
@@ -273,7 +273,7 @@ class _Demo:
         from fedge.signing import generate_keypair
 
         artifact = self.w / "artifact"
-        with self.stage("export", "LoRA merged, ONNX int8, signed"):
+        with self.stage("export", "merged, ONNX int8, signed"):
             keys = generate_keypair()
             keys.save(self.w / "keys")
             _tool(
@@ -296,6 +296,7 @@ class _Demo:
                     "1.0.0",
                     "--max-length",
                     str(self.o.max_length),
+                    *self.label_names_option(data / "heldout.tsv"),
                     "--force",
                 ],
                 what="fedge export",
@@ -313,6 +314,43 @@ class _Demo:
                 "signed_by": keys.public.key_id,
             }
         return artifact
+
+    @staticmethod
+    def label_names_option(heldout: Path) -> list[str]:
+        """Names for a two-label set written as 0/1 (the synthetic data and SST-2 are both
+        0 = negative, 1 = positive), so predictions read as words, not indices."""
+        with heldout.open(encoding="utf-8") as handle:
+            labels = {line.rstrip("\n").rsplit("\t", 1)[-1] for line in list(handle)[1:]}
+        return ["--label-names", "negative,positive"] if labels <= {"0", "1"} else []
+
+    def quality(self, data: Path, policy: Path) -> None:
+        """The exported model next to the untrained floor and the non-private ceiling."""
+        out = self.w / "quality.json"
+        holders = sorted(data.glob("client-*.tsv"))
+        with self.stage("quality", "held-out accuracy: floor, federated DP, ceiling"):
+            args = [_bin("fedge-client"), "baseline", "--policy", str(policy)]
+            for path in holders:
+                args += ["--data", str(path)]
+            args += ["--heldout", str(data / "heldout.tsv"), "--json", str(out)]
+            _tool(args, what="fedge-client baseline")
+            reference = json.loads(out.read_text(encoding="utf-8"))
+            artifact = self.state.summary.get("artifact", {})
+            own = [r.get("eval_accuracy") for r in _metrics(self.run_dir)]
+            own = [a for a in own if a is not None]
+            manifest = json.loads((self.w / "artifact" / "manifest.json").read_text("utf-8"))
+            inference = json.loads((self.w / "artifact" / "inference.json").read_text("utf-8"))
+            self.state.summary["quality"] = {
+                "heldout": "data/heldout.tsv",
+                "examples": int(manifest["metrics"].get("heldout_examples", 0)),
+                "federated_int8": artifact.get("accuracy_int8"),
+                "federated_fp32": artifact.get("accuracy_fp32"),
+                "floor": reference["floor"],
+                "majority": reference["majority"],
+                "ceiling": reference["ceiling"],
+                "holders_own_split": own[-1] if own else None,
+                "label_names": inference.get("labels", []),
+                "epsilon": self.o.epsilon,
+            }
 
     def place(self, artifact: Path) -> Path:
         from cloud_adapters.planner import plan_placement
@@ -627,6 +665,10 @@ def _classify(port: int, texts: Sequence[str]) -> list[dict[str, Any]]:
     return answers
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _pct(values: Sequence[float], q: float) -> float | None:
     if not values:
         return None
@@ -649,6 +691,7 @@ def run_demo(options: DemoOptions, console: Console) -> Path:
         demo.enroll()
         demo.train(data, policy)
         artifact = demo.export(data, policy)
+        demo.quality(data, policy)
         urls = demo.place(artifact)
         demo.fleet(artifact, urls)
         demo.state.notes.append(f"the demo took {time.monotonic() - started:.0f} s")
@@ -662,7 +705,7 @@ def _print_summary(console: Console, demo: _Demo) -> None:
     from rich.table import Table
 
     rounds = Table(title="training (simulation engine, DP per holder)")
-    for column in ("round", "accuracy", "loss", "clients", "epsilon per client"):
+    for column in ("round", "accuracy (own splits)", "loss", "clients", "epsilon per client"):
         rounds.add_column(column)
     for line in _metrics(demo.run_dir):
         accuracy, loss = line.get("eval_accuracy"), line.get("eval_loss")
@@ -684,9 +727,17 @@ def _print_summary(console: Console, demo: _Demo) -> None:
     artifact = summary.get("artifact", {})
     console.print(
         f"artifact {artifact.get('name')} {artifact.get('version')} ({artifact.get('format')}, "
-        f"{artifact.get('size_bytes', 0) / 1e6:.1f} MB): accuracy fp32 "
-        f"{artifact.get('accuracy_fp32')}, int8 {artifact.get('accuracy_int8')}"
+        f"{artifact.get('size_bytes', 0) / 1e6:.1f} MB)"
     )
+    quality = summary.get("quality")
+    if quality:
+        console.print(
+            f"[bold]model accuracy[/bold] on {quality['examples']} held-out examples no holder "
+            f"trained on: exported int8 {_fmt(quality['federated_int8'])} (DP, epsilon "
+            f"{quality['epsilon']:g}) | untrained {_fmt(quality['floor'])} | non-private "
+            f"central {_fmt(quality['ceiling'])} | holders' own splits "
+            f"{_fmt(quality['holders_own_split'])}"
+        )
     placement = Table(title="placement (policy eu-only)")
     for column in ("target", "residency", "decision", "why"):
         placement.add_column(column)

@@ -54,6 +54,7 @@ __all__ = [
     "FleetRow",
     "Placement",
     "PlacementRow",
+    "Quality",
     "RoundRow",
     "RunSummary",
     "Stage",
@@ -70,6 +71,7 @@ METRICS_NAME = "metrics.jsonl"
 REPORT_NAME = "report.html"
 SECTION_IDS = (
     "overview",
+    "quality",
     "training",
     "privacy",
     "traffic",
@@ -128,6 +130,30 @@ class ArtifactInfo:
     accuracy_fp32: float | None = None
     accuracy_int8: float | None = None
     signed_by: str = ""  # key id or fingerprint, never the key
+
+
+@dataclass(frozen=True, slots=True)
+class Quality:
+    """The exported model's accuracy where it counts, between the two reference points.
+
+    ``heldout`` is a labelled set no data holder trained on. ``floor`` is the untrained model
+    and ``majority`` the share of the most common label; ``ceiling`` is the same model trained
+    centrally without DP on the holders' data pooled, which only a demo or a benchmark can
+    compute (a real coordinator never sees the data). ``holders_own_split`` is what the holders
+    reported on their own held-out parts, which follow their own, skewed label mix.
+    """
+
+    heldout: str
+    examples: int
+    federated_int8: float | None = None
+    federated_fp32: float | None = None
+    floor: float | None = None
+    majority: float | None = None
+    ceiling: float | None = None
+    central_dp: float | None = None
+    holders_own_split: float | None = None
+    label_names: tuple[str, ...] = ()
+    epsilon: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +234,7 @@ class RunSummary:
     rounds: tuple[RoundRow, ...] = ()
     budgets: tuple[ClientBudget, ...] | None = None
     artifact: ArtifactInfo | None = None
+    quality: Quality | None = None
     placement: Placement | None = None
     fleet: tuple[FleetRow, ...] | None = None
     edge: tuple[EdgeLatency, ...] | None = None
@@ -752,9 +779,24 @@ def _header(summary: RunSummary) -> str:
     traffic = sum(r.bytes_sent + r.bytes_received for r in rounds)
     budgets = _budgets(summary)
     worst = max(budgets, key=lambda b: b.spent_epsilon, default=None)
+    quality = summary.quality
+    headline = quality.federated_int8 if quality else None
+    if headline is None and summary.artifact is not None:
+        headline = summary.artifact.accuracy_int8
+    references = []
+    if quality is not None and quality.floor is not None:
+        references.append(f"untrained {_num(quality.floor)}")
+    if quality is not None and quality.ceiling is not None:
+        references.append(f"non-private {_num(quality.ceiling)}")
     tiles = [
         _tile("Rounds", f"{ok} / {len(rounds)}" if rounds else _NONE, "completed / run"),
-        _tile("Final accuracy", _num(accuracy), "held-out, global model"),
+        _tile(
+            "Model accuracy",
+            _num(headline),
+            "exported model, held-out set no holder trained on"
+            + (f" · {', '.join(references)}" if references else ""),
+        ),
+        _tile("Holders' own splits", _num(accuracy), "global model, each holder's own data"),
         _tile(
             "Max ε spent",
             _num(worst.spent_epsilon, 2) if worst else _NONE,
@@ -932,6 +974,44 @@ def _artifact(summary: RunSummary) -> str:
     grid = "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in items)
     digest = f'<div class="wide"><dt>digest</dt><dd class="mono">{_e(info.digest)}</dd></div>'
     return _section("artifact", "Artifact", lead, f'<dl class="facts">{grid}{digest}</dl>')
+
+
+def _quality(summary: RunSummary) -> str:
+    lead = (
+        "How good the private model is: the exported model on a held-out set that no data "
+        "holder trained on, between the untrained floor and the non-private central ceiling."
+    )
+    quality = summary.quality
+    if quality is None:
+        return _section(
+            "quality", "Model quality", lead, _not_run("No held-out evaluation was recorded.")
+        )
+    budget = f" (DP, \N{GREEK SMALL LETTER EPSILON} {quality.epsilon:g})" if quality.epsilon else ""
+    rows = [
+        ("untrained model (floor)", quality.floor),
+        ("most common label", quality.majority),
+        (f"federated{budget}, exported int8", quality.federated_int8),
+        (f"federated{budget}, fp32", quality.federated_fp32),
+        ("central, DP at the same budget", quality.central_dp),
+        ("central, non-private (ceiling)", quality.ceiling),
+        ("holders' own splits (their label mix)", quality.holders_own_split),
+    ]
+    table = _table(
+        ("model", "accuracy", ""),
+        (
+            (_e(name), _e(_num(value)), _bar(value))
+            for name, value in rows
+            if value is not None and math.isfinite(value)
+        ),
+        numeric=(1,),
+    )
+    labels = ", ".join(quality.label_names) or _NONE
+    note = (
+        f'<p class="muted">Held-out set: {_e(quality.heldout)}, {quality.examples} examples, '
+        f"labels {_e(labels)}. The ceiling pools every holder's data without DP, which only "
+        "a demo or a benchmark may do; a real coordinator never sees the data.</p>"
+    )
+    return _section("quality", "Model quality", lead, table + note)
 
 
 def _placement(summary: RunSummary) -> str:
@@ -1129,6 +1209,7 @@ def render_report(summary: RunSummary, *, generated: datetime | None = None) -> 
     when = (generated or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%S UTC")
     sections = (
         _overview(summary),
+        _quality(summary),
         _training(summary),
         _privacy(summary),
         _traffic(summary),

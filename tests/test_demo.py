@@ -25,7 +25,7 @@ from tests.mqtt_broker import BrokerMissingError, mosquitto_binary
 
 pytestmark = pytest.mark.slow
 
-SECTIONS = ("training", "privacy", "traffic", "artifact", "placement", "fleet", "edge")
+SECTIONS = ("quality", "training", "privacy", "traffic", "artifact", "placement", "fleet", "edge")
 
 
 def test_a_reduced_demo_runs_every_stage(tmp_path: Path) -> None:
@@ -86,11 +86,26 @@ def test_a_reduced_demo_runs_every_stage(tmp_path: Path) -> None:
     for row in fleet.values():
         assert (row["reported_version"], row["phase"]) == (manifest.version, "SUCCEEDED")
 
+    # quality: the exported model on the held-out set, next to the floor and the ceiling
+    quality = summary["quality"]
+    assert quality["examples"] == manifest.metrics["heldout_examples"] > 0
+    assert quality["federated_int8"] == manifest.metrics["accuracy_int8"]
+    for key in ("federated_int8", "floor", "ceiling", "majority"):
+        assert 0.0 <= quality[key] <= 1.0, key
+    assert quality["label_names"] == ["negative", "positive"]
+    answered = [note for note in summary["notes"] if " answered: " in note]
+    assert len(answered) == 2
+    for note in answered:
+        labels = note.split(" answered: ")[1].split(", ")
+        assert len(labels) == 4 and set(labels) <= {"negative", "positive"}, note
+
     # the report has every section
     html = (workdir / "report.html").read_text()
     for section in SECTIONS:
         assert f'id="{section}"' in html, section
     assert "Not run" not in html.split('id="training"')[1].split("</section>")[0]
+    assert "Not run" not in html.split('id="quality"')[1].split("</section>")[0]
+    assert "Model accuracy" in html
 
     # nothing the demo started outlives it (its process is gone; no orphans by name)
     leftovers = []
