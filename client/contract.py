@@ -88,8 +88,10 @@ def resolve_model_source(source: str, *, base_dir: str | os.PathLike[str] | None
     if source.startswith("builtin:"):
         raise UsageError(f"model {source!r}: unknown builtin (known: {BUILTIN_MINILM})")
     path = Path(source)
-    if base_dir is not None and not path.is_absolute() and (Path(base_dir) / path).is_dir():
-        path = Path(base_dir) / path
+    if base_dir is not None and not path.is_absolute():
+        beside = Path(base_dir) / path
+        if beside.is_dir() or not path.is_dir():
+            path = beside  # found next to the policy, or found nowhere: name the first place
     if not path.is_dir():
         raise UsageError(f"{path}: model folder does not exist")
     if not (path / "config.json").is_file():

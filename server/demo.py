@@ -15,6 +15,7 @@ from ``metrics.jsonl`` at the end (server/report.py).
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import signal
@@ -40,12 +41,9 @@ __all__ = ["DemoOptions", "run_demo"]
 log = get_logger(__name__)
 FLEET = "clinics"
 LOOPBACK = "127.0.0.1"
-SAMPLE_INPUTS = (
-    "the staff were kind and the results came back quickly",
-    "terrible wait, nobody answered and the invoice was wrong",
-    "clear explanation, friendly nurse, would come again",
-    "lost my file twice and the machine kept failing",
-)
+SAMPLES_PER_LABEL = 2
+"""Sample inferences: held-out sentences of each label, so the demo asks the edge model about
+text like what it was trained for, and shows whether it tells the classes apart."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +110,7 @@ class _Demo:
         self.stack = stack
         self.state = _State()
         self.run_dir = self.w / "run"
+        self.data_dir = self.w / "data"
 
     # -- bookkeeping
 
@@ -147,7 +146,7 @@ class _Demo:
     # -- stages
 
     def data(self) -> Path:
-        folder = self.w / "data"
+        folder = self.data_dir
         with self.stage("data", "non-IID data for each data holder"):
             if self.o.data is not None:
                 args = [_bin("fedge-client"), "data", "split", str(self.o.data), "--out"]
@@ -527,7 +526,9 @@ class _Demo:
             if final.stage != "succeeded":
                 raise FedgeError(f"rollout halted: {final.reason}")
         with self.stage("inference", "sample inputs to every agent over 127.0.0.1 HTTP"):
-            answers = {d: _classify(ports[d], SAMPLE_INPUTS) for d in devices}
+            samples = _samples(self.data_dir / "heldout.tsv")
+            texts = [text for text, _expected in samples]
+            answers = {d: _classify(ports[d], texts) for d in devices}
             time.sleep(2.5)  # one telemetry interval, so reported health carries the samples
             records = fleet_snapshot(operator, FLEET)
         fleet_rows, edge_rows = [], []
@@ -564,6 +565,14 @@ class _Demo:
             )
             labels = ", ".join(str(a.get("label", "?")) for a in answers[device])
             self.state.notes.append(f"{device} answered: {labels}")
+        self.state.summary["samples"] = [
+            {
+                "text": text,
+                "expected": expected,
+                "answers": {d: answers[d][i].get("label") for d in devices},
+            }
+            for i, (text, expected) in enumerate(samples)
+        ]
         self.state.summary["fleet"] = fleet_rows
         self.state.summary["edge"] = edge_rows
 
@@ -646,6 +655,20 @@ def _wait(check: Callable[[], bool], *, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise FedgeError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.5)
+
+
+def _samples(heldout: Path) -> list[tuple[str, str]]:
+    """The first held-out sentences of each label (by name where names are known)."""
+    names = {"0": "negative", "1": "positive"}
+    with heldout.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    picked: dict[str, list[str]] = {}
+    for row in rows:
+        label = names.get(row["label"], row["label"])
+        chosen = picked.setdefault(label, [])
+        if len(chosen) < SAMPLES_PER_LABEL:
+            chosen.append(row["text"])
+    return [(text, label) for label, texts in sorted(picked.items()) for text in texts]
 
 
 def _classify(port: int, texts: Sequence[str]) -> list[dict[str, Any]]:

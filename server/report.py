@@ -57,6 +57,7 @@ __all__ = [
     "Quality",
     "RoundRow",
     "RunSummary",
+    "SampleInference",
     "Stage",
     "load_run_summary",
     "render_report",
@@ -157,6 +158,15 @@ class Quality:
 
 
 @dataclass(frozen=True, slots=True)
+class SampleInference:
+    """A held-out sentence, its true label, and what each device answered."""
+
+    text: str
+    expected: str
+    answers: Mapping[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class PlacementRow:
     """One inventory target and the planner's decision about it.
 
@@ -238,6 +248,7 @@ class RunSummary:
     placement: Placement | None = None
     fleet: tuple[FleetRow, ...] | None = None
     edge: tuple[EdgeLatency, ...] | None = None
+    samples: tuple[SampleInference, ...] | None = None
     stages: tuple[Stage, ...] = ()
     notes: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
@@ -1130,7 +1141,28 @@ def _edge(summary: RunSummary) -> str:
         for s in samples
     ]
     table = _table(("device", "p50 ms", "p95 ms", "samples"), rows, numeric=(1, 2, 3))
-    return _section("edge", "Edge latency", lead, _edge_plot(samples) + table)
+    return _section("edge", "Edge latency", lead, _edge_plot(samples) + table + _answers(summary))
+
+
+def _answers(summary: RunSummary) -> str:
+    """Sample inferences: held-out sentences of every label and each device's answer."""
+    if not summary.samples:
+        return ""
+    devices = sorted({d for sample in summary.samples for d in sample.answers})
+    rows = [
+        (
+            _e(sample.text),
+            _e(sample.expected),
+            *(
+                _badge("ok" if sample.answers.get(d) == sample.expected else "failed")
+                + " "
+                + _e(sample.answers.get(d) or _NONE)
+                for d in devices
+            ),
+        )
+        for sample in summary.samples
+    ]
+    return "<h3>Sample inferences</h3>" + _table(("held-out text", "label", *devices), rows)
 
 
 _CSS = """

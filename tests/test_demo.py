@@ -93,11 +93,11 @@ def test_a_reduced_demo_runs_every_stage(tmp_path: Path) -> None:
     for key in ("federated_int8", "floor", "ceiling", "majority"):
         assert 0.0 <= quality[key] <= 1.0, key
     assert quality["label_names"] == ["negative", "positive"]
-    answered = [note for note in summary["notes"] if " answered: " in note]
-    assert len(answered) == 2
-    for note in answered:
-        labels = note.split(" answered: ")[1].split(", ")
-        assert len(labels) == 4 and set(labels) <= {"negative", "positive"}, note
+    samples = summary["samples"]  # held-out sentences of both labels, asked of every device
+    assert sorted(s["expected"] for s in samples) == ["negative"] * 2 + ["positive"] * 2
+    for sample in samples:
+        assert set(sample["answers"]) == {"edge-1", "edge-2"}
+        assert set(sample["answers"].values()) <= {"negative", "positive"}, sample
 
     # the report has every section
     html = (workdir / "report.html").read_text()

@@ -26,6 +26,8 @@ from server.report import (
     SUMMARY_NAME,
     SUMMARY_SCHEMA,
     ArtifactInfo,
+    Quality,
+    SampleInference,
     ClientBudget,
     EdgeLatency,
     FleetRow,
@@ -109,6 +111,22 @@ def _summary() -> RunSummary:
             accuracy_fp32=0.79,
             accuracy_int8=0.785,
             signed_by="ed25519:1f2e3d4c",
+        ),
+        quality=Quality(
+            heldout="data/heldout.tsv",
+            examples=200,
+            federated_int8=0.785,
+            federated_fp32=0.79,
+            floor=0.51,
+            majority=0.5,
+            ceiling=0.83,
+            holders_own_split=0.9,
+            label_names=("negative", EVIL),
+            epsilon=4.0,
+        ),
+        samples=(
+            SampleInference("the nurse was kind", "positive", {"edge-1": "positive"}),
+            SampleInference(EVIL, "negative", {"edge-1": "positive"}),
         ),
         placement=Placement(
             policy="eu-only",
@@ -210,6 +228,12 @@ def test_every_section_is_rendered_with_its_plot_and_tables(page: str) -> None:
     assert "ROLLED_BACK" in fleet
     assert "p95 above 10 ms" in fleet
     assert "minilm-sentiment" in _section(page, "artifact")
+    quality = _section(page, "quality")
+    for shown in ("0.785", "0.510", "0.830", "0.900", "own splits", "ceiling", "floor"):
+        assert shown in quality, shown
+    assert "Model accuracy" in page and "0.785" in page.split("<main>")[0]  # the headline
+    edge = _section(page, "edge")
+    assert "Sample inferences" in edge and 'class="badge bad">failed<' in edge
     assert "2025-01-02 03:04:05 UTC" in page
 
 
