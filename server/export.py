@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import inspect
 import io
 import json

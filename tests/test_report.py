@@ -26,15 +26,15 @@ from server.report import (
     SUMMARY_NAME,
     SUMMARY_SCHEMA,
     ArtifactInfo,
-    Quality,
-    SampleInference,
     ClientBudget,
     EdgeLatency,
     FleetRow,
     Placement,
     PlacementRow,
+    Quality,
     RoundRow,
     RunSummary,
+    SampleInference,
     Stage,
     load_run_summary,
     render_report,
@@ -231,7 +231,9 @@ def test_every_section_is_rendered_with_its_plot_and_tables(page: str) -> None:
     quality = _section(page, "quality")
     for shown in ("0.785", "0.510", "0.830", "0.900", "own splits", "ceiling", "floor"):
         assert shown in quality, shown
-    assert "Model accuracy" in page and "0.785" in page.split("<main>")[0]  # the headline
+    assert (
+        "Model accuracy" in page and "0.785" in page.split("<main>", maxsplit=1)[0]
+    )  # the headline
     edge = _section(page, "edge")
     assert "Sample inferences" in edge and 'class="badge bad">failed<' in edge
     assert "2025-01-02 03:04:05 UTC" in page
