@@ -1,37 +1,40 @@
-"""Accuracy of fedge's federated DP model next to centralized fine-tuning of the same model.
+"""Accuracy of fedge's federated DP model next to the same model trained centrally.
 
-A labelled TSV (SST-2 by default) is subsampled, split among N simulated clients (Dirichlet label
-skew, ``client.partition``) with a stratified held-out test part that no client sees. Then:
+A private, federated model's accuracy says little alone: next to the untrained model (the floor)
+and to the same model trained centrally without DP on the same examples (the ceiling), it says
+how much was learned and what privacy and federation together cost. Central DP at the same
+budget separates the two costs: ceiling minus central DP is the price of privacy, central DP
+minus federated DP the price of splitting the data among holders (label skew, smaller batches).
 
-(a) ``federated DP``: the real fedge federation (``server.simulation.simulate`` with a
-    FederationPolicy, Flower's simulation engine, every client spending at most ``--epsilon``
-    through its own ledger); the final global adapter is read from the run's checkpoint store and
-    evaluated on the held-out part with a freshly loaded model;
-(b) ``central non-DP``: the same LoRA model trained by ``train_round(private=False)`` on the
-    pooled training examples the clients train on (each client keeps 20 % for its own
-    evaluation, as the ClientApp does), for ``rounds x localEpochs`` epochs: about the same number
-    of optimizer steps as all clients together take, same batch size and learning rate;
-(c) ``central DP`` (unless ``--skip-central-dp``): (b) with DP-SGD at the same epsilon and delta.
+The comparison is only fair when every arm is the same model trained by the same plan, so the
+bench runs fedge's own code for each: the federation is ``server.simulation.simulate`` (the real
+ClientApps, each holder's ledger spending at most ``--epsilon``), and the central arms are
+``client.baseline.run_baseline``, the federation's total epochs as one central run with the plan
+``client.plan.choose_training`` picks. The defaults are fedge's: a mean-pooled linear head on
+the frozen encoder, batch size, epochs and learning rate chosen from each holder's data. Flags
+such as ``--lora-rank`` or ``--batch-size`` write those settings into the policy instead, to
+measure a policy that sets them.
 
-The untrained model (initial adapter and head) is evaluated too, as the floor.
+A labelled TSV (SST-2 by default) is subsampled and split among the clients (Dirichlet label
+skew, ``client.partition``) with a stratified held-out part no client sees; the central arms
+train on the union of what the clients train on (each keeps 20 % for its own evaluation).
 
-Run: ``.venv/bin/python bench/federated_accuracy.py --quick`` (600 training and 200 test examples,
-32 tokens, 2 rounds: a few minutes on a 2-core CPU). The defaults (3000 training and 1000 test
-examples, 64 tokens, 3 rounds) take roughly half an hour on such a CPU.
+Run: ``.venv/bin/python bench/federated_accuracy.py --quick`` (600 training and 200 test
+examples, 32 tokens, 2 rounds: a minute or two on a 2-core CPU). The defaults (3000 training and
+1000 test examples, 64 tokens, 3 rounds) take a few minutes there with the head-only default;
+LoRA (``--lora-rank 8``) trains the encoder and takes far longer.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import random
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,24 +51,24 @@ for _key, _value in {
     os.environ.setdefault(_key, _value)
 
 if TYPE_CHECKING:
-    import torch
-    from torch.utils.data import TensorDataset
-
+    from client.baseline import Baseline
     from client.data import LabelledData
-    from client.model import TrainableModel
     from policies import FederationPolicy
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "sst2" / "train.tsv"
 RUN_ID = "bench-federated-accuracy"
 MAX_GRAD_NORM = 1.0
+WITHIN_POINTS = 5.0
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Held-out accuracy of fedge's federated DP model (real simulation) next to "
-        "centralized non-DP and DP fine-tuning of the same LoRA model. --quick: a few minutes "
-        "on a 2-core CPU; the defaults: roughly 30 minutes.",
+        "the untrained model and central non-DP and DP training of the same model by the same "
+        "plan (client.baseline). Defaults measure fedge's defaults: a mean-pooled linear head, "
+        "training settings chosen per holder. --quick: a minute or two on a 2-core CPU; the "
+        "defaults: a few minutes.",
     )
     parser.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help=f"labelled TSV (default {DEFAULT_DATA})"
@@ -75,25 +78,48 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-labels", type=int, default=2)
     parser.add_argument("--model", default=None, help="model source (default: MiniLM builtin)")
     parser.add_argument("--tiny", action="store_true", help="use a tiny random BERT instead")
+    parser.add_argument(
+        "--pooling",
+        choices=("mean", "cls"),
+        default="mean",
+        help="model.pooling: mean (fedge's default, a linear head on the mean token state) or "
+        "cls (transformers' [CLS] pooler classifier)",
+    )
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--alpha", type=float, default=1.0, help="Dirichlet label skew")
     parser.add_argument("--train-size", type=int, default=None, help="training examples (3000)")
     parser.add_argument("--test-size", type=int, default=None, help="held-out examples (1000)")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per example (64)")
     parser.add_argument("--rounds", type=int, default=None, help="federated rounds (3)")
-    parser.add_argument("--local-epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--local-epochs",
+        type=int,
+        default=None,
+        help="training.localEpochs (default: left out, fedge's plan spreads its epochs over "
+        "the rounds)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="training.batchSize (default: left out, fedge's plan picks it per holder)",
+    )
     parser.add_argument(
         "--learning-rate",
         type=float,
-        default=2e-3,
-        help="every arm (default 2e-3: at the policy default 5e-4 even central non-DP stays at "
-        "the majority class within --quick's 62 steps)",
+        default=None,
+        help="training.learningRate (default: left out, fedge's plan picks it)",
     )
-    parser.add_argument("--lora-rank", type=int, default=8)
+    parser.add_argument(
+        "--lora-rank",
+        type=int,
+        default=0,
+        help="0 (default): no lora section, only the head trains on frozen features; N > 0: "
+        "LoRA adapters of rank N (alpha 2N) train with the head (much slower on a CPU)",
+    )
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--delta", type=float, default=1e-5)
-    parser.add_argument("--skip-central-dp", action="store_true", help="leave out (c)")
+    parser.add_argument("--skip-central-dp", action="store_true", help="leave out central DP")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the run here (else tmp)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH")
@@ -108,20 +134,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, default)
     for name in ("clients", "train_size", "test_size", "rounds", "local_epochs", "batch_size"):
-        if getattr(args, name) < 1:
+        value = getattr(args, name)
+        if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.lora_rank < 0:
+        parser.error("--lora-rank must be 0 (no LoRA) or more")
     return args
-
-
-def quiet() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    warnings.filterwarnings("ignore", module="opacus")
-    warnings.filterwarnings("ignore", message=".*Full backward hook.*")
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    logging.getLogger("opacus").setLevel(logging.ERROR)
 
 
 def log(message: str) -> None:
@@ -189,54 +207,49 @@ class Row:
     setting: str
     private: bool
     epsilon: float | None
-    steps: int
+    steps: int | None  # None where not known
     train_examples: int
     accuracy: float
-    loss: float
-    seconds: float
+    loss: float  # NaN where not known (client.baseline reports accuracy only)
+    seconds: float  # NaN where not measured on its own
     note: str = ""
 
 
 def policy_text(args: argparse.Namespace, source: str) -> str:
-    return f"""apiVersion: fedge/v1
-kind: FederationPolicy
-metadata: {{name: bench-federated-accuracy}}
-spec:
-  model:
-    source: {json.dumps(source)}
-    numLabels: {args.num_labels}
-    maxLength: {args.max_length}
-  rounds: {args.rounds}
-  clients: {{perRound: {args.clients}, minimum: {args.clients}, fractionEvaluate: 1.0}}
-  roundTimeout: 86400
-  aggregation: {{strategy: fedavg}}
-  training:
-    localEpochs: {args.local_epochs}
-    batchSize: {args.batch_size}
-    learningRate: {args.learning_rate}
-    maxPhysicalBatchSize: {max(32, 2 * args.batch_size)}
-  privacy:
-    targetEpsilon: {args.epsilon}
-    delta: {args.delta}
-    maxGradNorm: {MAX_GRAD_NORM}
-    accountant: rdp
-  lora: {{rank: {args.lora_rank}, alpha: {2 * args.lora_rank}}}
-"""
-
-
-def fresh_model(policy: FederationPolicy, seed: int) -> TrainableModel:
-    from client.model import load_trainable_model
-
-    spec = policy.spec
-    return load_trainable_model(
-        spec.model.source, num_labels=spec.model.num_labels, lora=spec.lora, seed=seed
-    )
-
-
-def encoded(model: TrainableModel, data: LabelledData, max_length: int) -> TensorDataset:
-    from client.training import encode
-
-    return encode(model.tokenizer, data.texts, data.labels, max_length=max_length)
+    """The bench's policy: what a flag leaves at its default is left out, as a user would."""
+    training = {
+        "localEpochs": args.local_epochs,
+        "batchSize": args.batch_size,
+        "learningRate": args.learning_rate,
+    }
+    given = ", ".join(f"{key}: {value}" for key, value in training.items() if value is not None)
+    lines = [
+        "apiVersion: fedge/v1",
+        "kind: FederationPolicy",
+        "metadata: {name: bench-federated-accuracy}",
+        "spec:",
+        "  model:",
+        f"    source: {json.dumps(source)}",
+        f"    numLabels: {args.num_labels}",
+        f"    maxLength: {args.max_length}",
+        f"    pooling: {args.pooling}",
+        f"  rounds: {args.rounds}",
+        f"  clients: {{perRound: {args.clients}, minimum: {args.clients}, fractionEvaluate: 1.0}}",
+        "  roundTimeout: 86400",
+        "  aggregation: {strategy: fedavg}",
+    ]
+    if given:
+        lines.append(f"  training: {{{given}}}")
+    lines += [
+        "  privacy:",
+        f"    targetEpsilon: {args.epsilon}",
+        f"    delta: {args.delta}",
+        f"    maxGradNorm: {MAX_GRAD_NORM}",
+        "    accountant: rdp",
+    ]
+    if args.lora_rank > 0:
+        lines.append(f"  lora: {{rank: {args.lora_rank}, alpha: {2 * args.lora_rank}}}")
+    return "\n".join(lines) + "\n"
 
 
 def run_federated(
@@ -283,102 +296,131 @@ def run_federated(
     return dict(checkpoint.arrays), [json.loads(line) for line in lines if line.strip()]
 
 
-def evaluate_arrays(
-    policy: FederationPolicy, arrays: dict[str, Any] | None, test: LabelledData, seed: int
-) -> tuple[float, float]:
-    from client.model import set_trainable
-    from client.training import evaluate
+def evaluate_checkpoints(
+    policy: FederationPolicy, arrays: Sequence[dict[str, Any] | None], test: LabelledData, seed: int
+) -> list[tuple[float, float]]:
+    """(accuracy, loss) on ``test`` of each set of trainable arrays (None: the initial model).
 
-    model = fresh_model(policy, seed)
-    if arrays is not None:
-        set_trainable(model.model, arrays)
-    scores = evaluate(model.model, encoded(model, test, policy.spec.model.max_length))
-    return scores.accuracy, scores.loss
-
-
-def run_central(
-    args: argparse.Namespace,
-    policy: FederationPolicy,
-    split: Split,
-    *,
-    private: bool,
-    device: torch.device,
-) -> Row:
-    from client.training import RoundPlan, evaluate, plan_round, train_round
+    The model is the one the federation trains (``build_for_policy``); a head-only model is
+    scored on pooled features computed once, as the clients and ``run_baseline`` do.
+    """
+    from client.contract import build_for_policy, get_trainable, set_trainable
+    from client.training import encode, evaluate, pick_device, pooled_features
 
     spec = policy.spec
-    model = fresh_model(policy, args.seed)
-    train = encoded(model, split.pooled_train, spec.model.max_length)
-    epochs = args.rounds * args.local_epochs
-    if private:
-        plan = plan_round(
-            num_examples=len(train),
-            batch_size=args.batch_size,
-            epochs=epochs,
-            max_grad_norm=MAX_GRAD_NORM,
-            rounds=1,
-            target_epsilon=args.epsilon,
-            delta=args.delta,
-            accountant="rdp",
+    device = pick_device()
+    model = build_for_policy(spec, seed=seed)
+    initial = get_trainable(model.model)
+    data = encode(model.tokenizer, test.texts, test.labels, max_length=spec.model.max_length)
+    scorer = model.model
+    if model.head_only:
+        data = pooled_features(model, data, device=device)
+        scorer = model.head()
+    scores = []
+    for weights in arrays:
+        set_trainable(model.model, initial if weights is None else weights)
+        result = evaluate(scorer, data, device=device)
+        scores.append((result.accuracy, result.loss))
+    return scores
+
+
+def central_rows(
+    args: argparse.Namespace, policy: FederationPolicy, baseline: Baseline, seconds: float
+) -> list[Row]:
+    """The ceiling and central DP rows from ``run_baseline``'s figures.
+
+    The steps and the noise are recomputed from its plan (one run of ``epochs`` over
+    ``train_examples`` at ``batch_size``), the way it computes them.
+    """
+    from client.ledger import epsilon_for, noise_for_budget
+
+    per_epoch = math.ceil(baseline.train_examples / baseline.batch_size)
+    steps = baseline.epochs * per_epoch
+    plan = f"batch {baseline.batch_size} x {baseline.epochs} epochs, lr {baseline.learning_rate:g}"
+    rows = [
+        Row(
+            "central non-DP",
+            False,
+            None,
+            steps,
+            baseline.train_examples,
+            baseline.ceiling,
+            math.nan,
+            seconds,
+            f"{plan}; seconds: every central arm (one run_baseline)",
         )
-    else:
-        plan = RoundPlan(len(train), args.batch_size, epochs, 1.0, MAX_GRAD_NORM)
-    result = train_round(
-        model.model,
-        train,
-        plan,
-        learning_rate=args.learning_rate,
-        max_physical_batch_size=spec.training.max_physical_batch_size,
-        private=private,
-        device=device,
-        seed=args.seed,
-    )
-    scores = evaluate(model.model, encoded(model, split.heldout, spec.model.max_length))
-    epsilon = central_epsilon(plan, args.delta) if private else None
-    return Row(
-        setting="central DP" if private else "central non-DP",
-        private=private,
-        epsilon=epsilon,
-        steps=result.steps,
-        train_examples=len(train),
-        accuracy=scores.accuracy,
-        loss=scores.loss,
-        seconds=result.seconds,
-        note=f"noise multiplier {plan.noise_multiplier:.3f}" if private else "",
-    )
+    ]
+    if baseline.central_dp is not None:
+        privacy = policy.spec.privacy
+        sigma = noise_for_budget(
+            target_epsilon=privacy.target_epsilon,
+            delta=privacy.delta,
+            sample_rate=1.0 / per_epoch,
+            steps_per_round=steps,
+            rounds=1,
+            accountant=privacy.accountant,
+        )
+        spent = epsilon_for(
+            [(sigma, 1.0 / per_epoch, steps)], delta=privacy.delta, accountant=privacy.accountant
+        )
+        rows.append(
+            Row(
+                "central DP",
+                True,
+                spent,
+                steps,
+                baseline.train_examples,
+                baseline.central_dp,
+                math.nan,
+                math.nan,
+                f"same plan; noise multiplier {sigma:.3f}",
+            )
+        )
+    return rows
 
 
-def central_epsilon(plan: Any, delta: float) -> float:
-    from opacus.accountants import RDPAccountant
+def client_plans(args: argparse.Namespace, split: Split) -> list[str]:
+    """What each holder's ClientApp trains with (client.plan, as client.flower_app calls it)."""
+    from client.plan import choose_training
 
-    accountant = RDPAccountant()
-    accountant.history = [(plan.noise_multiplier, plan.sample_rate, plan.steps)]
-    return float(accountant.get_epsilon(delta=delta))
-
-
-def federated_steps(args: argparse.Namespace, split: Split) -> int:
-    """Optimizer steps all clients take together: each runs ceil(n / batch) per epoch."""
-    per_round: int = sum(
-        int(args.local_epochs) * math.ceil(size / args.batch_size)
+    return [
+        choose_training(
+            max(1, size),
+            rounds=args.rounds,
+            lora=args.lora_rank > 0,
+            batch_size=args.batch_size,
+            local_epochs=args.local_epochs,
+            learning_rate=args.learning_rate,
+        ).describe()
         for size in split.client_train_sizes
-    )
-    return int(args.rounds) * per_round
+    ]
 
 
 # --------------------------------------------------------------------------------------------
 # Output
 
 
+def _number(value: float, digits: int) -> str:
+    return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def setting_text(value: Any) -> str:
+    return "auto" if value is None else str(value)
+
+
 def print_table(rows: list[Row], meta: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    head = "head only" if not meta["lora_rank"] else f"LoRA rank {meta['lora_rank']}"
     table = Table(
         title=(
-            f"Held-out accuracy: {meta['model']}, {meta['data_name']} ({meta['train_size']} "
-            f"train / {meta['test_size']} held out), {meta['clients']} clients (Dirichlet "
-            f"alpha {meta['alpha']}), {meta['rounds']} rounds, batch {meta['batch_size']}, "
-            f"lr {meta['learning_rate']}, {meta['max_length']} tokens, epsilon {meta['epsilon']}"
+            f"Held-out accuracy: {meta['model']} ({meta['pooling']} pooling, {head}), "
+            f"{meta['data_name']} ({meta['train_size']} train / {meta['test_size']} held out), "
+            f"{meta['clients']} clients (Dirichlet alpha {meta['alpha']}), {meta['rounds']} "
+            f"rounds, batch {setting_text(meta['batch_size'])}, local epochs "
+            f"{setting_text(meta['local_epochs'])}, lr {setting_text(meta['learning_rate'])}, "
+            f"{meta['max_length']} tokens, epsilon {meta['epsilon']}"
         )
     )
     for name, justify in (
@@ -389,7 +431,7 @@ def print_table(rows: list[Row], meta: dict[str, Any]) -> None:
         ("train examples", "right"),
         ("accuracy", "right"),
         ("loss", "right"),
-        ("train s", "right"),
+        ("seconds", "right"),
         ("note", "left"),
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
@@ -398,15 +440,27 @@ def print_table(rows: list[Row], meta: dict[str, Any]) -> None:
             row.setting,
             "yes" if row.private else "no",
             "-" if row.epsilon is None else f"{row.epsilon:.2f}",
-            str(row.steps),
+            "-" if row.steps is None else str(row.steps),
             str(row.train_examples),
-            f"{row.accuracy:.4f}",
-            f"{row.loss:.4f}",
-            f"{row.seconds:.0f}",
+            _number(row.accuracy, 4),
+            _number(row.loss, 4),
+            _number(row.seconds, 0),
             row.note,
         )
     console = Console(width=max(150, Console().width))
     console.print(table)
+
+
+def comparison_line(rows: list[Row]) -> str | None:
+    by_setting = {row.setting: row for row in rows}
+    federated, central = by_setting.get("federated DP"), by_setting.get("central non-DP")
+    if federated is None or central is None:
+        return None
+    points = 100 * (federated.accuracy - central.accuracy)
+    within = "yes" if points >= -WITHIN_POINTS else "no"
+    return (
+        f"federated DP vs central non-DP: {points:+.1f} points (within {WITHIN_POINTS:g}: {within})"
+    )
 
 
 def leftover_children(wait: float = 15.0) -> list[str]:
@@ -431,7 +485,9 @@ def leftover_children(wait: float = 15.0) -> list[str]:
 def run_all(
     args: argparse.Namespace, data: LabelledData
 ) -> tuple[list[Row], dict[str, Any], list[dict[str, Any]]]:
-    from client.model import BUILTIN_MINILM, build_tiny_model
+    from client.baseline import run_baseline
+    from client.contract import BUILTIN_MINILM
+    from client.model import build_tiny_model
     from client.training import pick_device
     from policies import FederationPolicy, check_text
 
@@ -450,9 +506,9 @@ def run_all(
         report.raise_for_problems()
         policy = report.documents[0].document
         assert isinstance(policy, FederationPolicy)
-        device = pick_device()
-        accuracy, loss = evaluate_arrays(policy, None, split.heldout, args.seed)
-        rows = [Row("initial model", False, None, 0, 0, accuracy, loss, 0.0, "untrained")]
+        plans = client_plans(args, split)
+        for index, plan in enumerate(plans):
+            log(f"client {index}: {len(split.clients[index])} examples; {plan}")
 
         fed_started = time.perf_counter()
         arrays, rounds = run_federated(args, work, text, split)
@@ -460,40 +516,55 @@ def run_all(
         alive = leftover_children()
         if alive:
             log(f"warning: processes still running after the simulation: {alive}")
-        accuracy, loss = evaluate_arrays(policy, arrays, split.heldout, args.seed)
+        (floor_acc, floor_loss), (accuracy, loss) = evaluate_checkpoints(
+            policy, [None, arrays], split.heldout, args.seed
+        )
         spent = [max(r["epsilon"].values(), default=math.nan) for r in rounds]
-        rows.append(
-            Row(
-                "federated DP",
-                True,
-                spent[-1] if spent else None,
-                federated_steps(args, split),
-                sum(split.client_train_sizes),
-                accuracy,
-                loss,
-                fed_seconds,
-                f"{args.clients} clients; epsilon: max over clients; time includes start-up",
-            )
+        steps = sum(sum(r.get("steps", {}).values()) for r in rounds)
+        federated = Row(
+            "federated DP",
+            True,
+            spent[-1] if spent else None,
+            steps or None,
+            sum(split.client_train_sizes),
+            accuracy,
+            loss,
+            fed_seconds,
+            f"{args.clients} clients; epsilon: max over clients; seconds incl. start-up",
         )
         log(f"federated DP: accuracy {accuracy:.4f}")
-        for private in (False, True):
-            if private and args.skip_central_dp:
-                continue
-            row = run_central(args, policy, split, private=private, device=device)
-            log(f"{row.setting}: accuracy {row.accuracy:.4f} in {row.seconds:.0f} s")
-            rows.append(row)
+
+        central_started = time.perf_counter()
+        baseline = run_baseline(
+            policy,
+            split.pooled_train,
+            split.heldout,
+            private=not args.skip_central_dp,
+            seed=args.seed,
+        )
+        central_seconds = time.perf_counter() - central_started
+        if abs(baseline.floor - floor_acc) > 1e-9:
+            log(f"warning: run_baseline's floor {baseline.floor:.4f} != {floor_acc:.4f}")
+        floor = Row(
+            "initial model", False, None, 0, 0, floor_acc, floor_loss, 0.0, "untrained (floor)"
+        )
+        rows = [floor, federated, *central_rows(args, policy, baseline, central_seconds)]
+        for row in rows[2:]:
+            log(f"{row.setting}: accuracy {row.accuracy:.4f}")
     meta = {
         "data": str(args.data),
         "data_name": args.data.parent.name or args.data.name,
         "model": "tiny random BERT" if args.tiny else (args.model or BUILTIN_MINILM),
-        "device": str(device),
+        "pooling": args.pooling,
+        "device": str(pick_device()),
         "clients": args.clients,
         "alpha": args.alpha,
         "train_size": args.train_size,
         "test_size": args.test_size,
         "client_train_sizes": split.client_train_sizes,
         "client_label_counts": [c.label_counts() for c in split.clients],
-        "heldout_majority_accuracy": max(split.heldout.label_counts()) / len(split.heldout),
+        "client_plans": plans,
+        "heldout_majority_accuracy": baseline.majority,
         "rounds": args.rounds,
         "local_epochs": args.local_epochs,
         "batch_size": args.batch_size,
@@ -503,6 +574,8 @@ def run_all(
         "epsilon": args.epsilon,
         "delta": args.delta,
         "seed": args.seed,
+        "baseline": baseline.to_dict(),
+        "policy": text,
         "seconds": time.perf_counter() - started,
     }
     return rows, meta, rounds
@@ -516,10 +589,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    quiet()
+    from client.contract import quiet_libraries
     from client.data import load_labelled
     from fedge.errors import FedgeError
 
+    quiet_libraries()
     try:
         data = load_labelled(
             args.data,
@@ -537,8 +611,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{meta['client_label_counts']}; client-eval accuracy by round "
         f"{[r.get('eval_accuracy') for r in rounds]}"
     )
+    print(f"client plans: {meta['client_plans']}")
+    line = comparison_line(rows)
+    if line is not None:
+        print(line)
     if args.json is not None:
-        payload = {"meta": meta, "rows": [row.__dict__ for row in rows], "rounds": rounds}
+        rows_out = [
+            {
+                k: None if isinstance(v, float) and math.isnan(v) else v
+                for k, v in row.__dict__.items()
+            }
+            for row in rows
+        ]  # NaN (not known) as null: strict JSON
+        payload = {"meta": meta, "rows": rows_out, "rounds": rounds}
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         log(f"figures written to {args.json}")
     return 0
