@@ -107,14 +107,18 @@ def test_epsilon_per_client_equals_opacus_for_its_history(simulated_run) -> None
 
 
 def test_an_over_budget_client_declines_and_its_ledger_is_unchanged(simulated_run) -> None:
+    """Round 1's decline is certain to land in its round (the others compute their features
+    first); in round 2 the others train on cached features in milliseconds, while client-1
+    first loads the model to evaluate, so its decline may come after the round closed on the
+    minimum of 2. It must never train, and where its decline is recorded it names the budget."""
     records = MetricsLog(simulated_run["workdir"] / "metrics.jsonl").read()
+    assert "client-1" in records[0]["declined"]
     for record in records:
-        assert "client-1" in record["declined"]
-        assert (
-            "budget" in record["declined"]["client-1"]
-            or "epsilon" in record["declined"]["client-1"]
-        )
-        assert record["epsilon"]["client-1"] > 8.0
+        assert "client-1" not in record["clients"]
+        if "client-1" in record["declined"]:
+            reason = record["declined"]["client-1"]
+            assert "budget" in reason or "epsilon" in reason
+            assert record["epsilon"]["client-1"] > 8.0
     assert simulated_run["ledger_path"].read_bytes() == simulated_run["ledger_before"]
 
 
