@@ -11,9 +11,11 @@ Paths (same model, batch size and sequence length in every arm):
   ``load_trainable_model``); one step is forward + backward + optimizer step on one fixed batch.
   DP is raw Opacus: ``make_private`` with a fixed batch (no Poisson sampling), per-sample clipping
   and Gaussian noise. This is the cost of DP-SGD itself.
-- ``lora poisson+bmm``: the DP step exactly as ``train_round`` drives it (Poisson sampling through
+- ``lora poisson+bmm``: the DP step as Opacus's own loop drives it (Poisson sampling through
   Opacus's DPDataLoader, physical batches from BatchMemoryManager with the policy's
-  ``maxPhysicalBatchSize``), each step still timed alone, data loading excluded. Its non-DP
+  ``maxPhysicalBatchSize``; fedge's ``train_round`` now samples Poisson batches itself on the
+  tensors' device and drives Opacus's DPOptimizer the same way), each step still timed alone,
+  data loading excluded. Its non-DP
   column is the fixed-batch non-DP step of the same repetition.
 - ``lora train_round``: fedge's ``client.training.train_round`` itself, private=True vs False,
   as a client runs it: samples seen / the round's own ``seconds`` (which include data loading).
@@ -658,7 +660,7 @@ def print_table(
     console.print(
         "fixed batch: one batch, timed step by step; DP is Opacus make_private without Poisson "
         "sampling.\n"
-        "Poisson + BMM: the DP step as train_round drives it (Poisson batches split by "
+        "Poisson + BMM: the DP step as Opacus's loop drives it (Poisson batches split by "
         "BatchMemoryManager), timed step by step, loading excluded; non-DP: the fixed-batch "
         "step.\n"
         "fedge train_round: private=True vs False, whole rounds, samples seen / the round's "
