@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -283,6 +286,19 @@ def test_the_heldout_set_is_balanced() -> None:
     assert split.heldout.label_counts() == (100, 100, 100, 100)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_two_label_heldout_set_is_balanced_and_mixes_every_clients_style(seed: int) -> None:
+    """Clients are skewed (alpha 0.1), the held-out set is not, and it speaks every domain."""
+    split = _split(num_clients=2, heldout=200, alpha=0.1, label_noise=0.0, seed=seed)
+    assert split.heldout.label_counts() == (100, 100)
+    assert min(min(client.label_counts()) for client in split.clients) < 30
+    noisy = _split(num_clients=2, heldout=200, alpha=0.1, seed=seed)
+    assert abs(noisy.heldout.label_counts()[0] - 100) <= 15
+    text = " ".join(split.heldout.texts).lower()
+    assert "nurse" in text  # client 0 writes about a hospital
+    assert "teller" in text  # client 1 about a bank
+
+
 def test_clients_write_in_their_own_style() -> None:
     styled = _split(num_clients=2)
     words = [Counter(" ".join(c.texts).lower().split()) for c in styled.clients]
@@ -291,6 +307,15 @@ def test_clients_write_in_their_own_style() -> None:
     assert words[1]["account"] > 0
     plain = _split(num_clients=2, client_styles=False)
     assert all("ward" not in text.lower() for c in plain.clients for text in c.texts)
+
+
+def test_two_labels_have_a_large_disjoint_sentiment_vocabulary() -> None:
+    vocab = class_vocabularies(2)
+    assert list(vocab) == ["negative", "positive"]
+    negative, positive = (set(words) for words in vocab.values())
+    assert len(negative) >= 40
+    assert len(positive) >= 40
+    assert not negative & positive
 
 
 def test_any_label_count_gets_its_own_vocabulary() -> None:
@@ -378,3 +403,151 @@ def test_every_client_gets_exactly_its_examples(
     assert len(split.heldout) == num_labels
     assert all(client.label_names == split.label_names for client in split.clients)
     assert all(text.strip() and "\t" not in text for c in split.clients for text in c.texts)
+
+
+# --------------------------------------------------------------------------------------------
+# The two-label reviews: what makes them read like text, and what makes them hard
+
+_NEGATORS = {"not", "never", "hardly", "from"}  # "far from"; "anything but" is handled below
+_CONTRAST = re.compile(
+    r"\b(however|although|though|while|yet|said)\b|(?<!anything )\bbut\b", re.IGNORECASE
+)
+
+
+def _polarity_of_words() -> dict[str, int]:
+    """Each single-word sentiment adjective and its label."""
+    return {
+        word: label
+        for label, words in enumerate(class_vocabularies(2).values())
+        for word in words
+        if " " not in word
+    }
+
+
+def _is_negator(token: str, before: str) -> bool:
+    return token in _NEGATORS or token.endswith("n't") or (token == "but" and before == "anything")
+
+
+def _said(segment: str, polarity: dict[str, int]) -> list[tuple[int, bool]]:
+    """The sentiment words of one clause, each with whether a negation comes just before it."""
+    tokens = re.findall(r"[a-z'-]+", segment.lower())
+    found: list[tuple[int, bool]] = []
+    for i, token in enumerate(tokens):
+        if token in polarity:
+            window = range(max(0, i - 3), i)
+            negated = any(_is_negator(tokens[j], tokens[j - 1] if j else "") for j in window)
+            found.append((polarity[token], negated))
+    return found
+
+
+def _reviews(**options: object) -> tuple[list[str], list[int]]:
+    split = _split(num_clients=6, examples_per_client=200, label_noise=0.0, **options)
+    texts = [text for client in split.clients for text in client.texts]
+    labels = [label for client in split.clients for label in client.labels]
+    return texts, labels
+
+
+def test_reviews_read_like_short_sentences() -> None:
+    texts, _ = _reviews()
+    assert all(len(text.split()) <= 30 for text in texts)
+    assert all(re.fullmatch(r"[A-Z][A-Za-z' ,;.-]+\.", text) for text in texts)
+    assert all("  " not in text and ".." not in text for text in texts)
+    assert len(set(texts)) > 0.95 * len(texts)  # varied, not a handful of templates
+    words = Counter(word for text in texts for word in re.findall(r"[a-z'-]+", text.lower()))
+    polarity = _polarity_of_words()
+    assert sum(1 for word in polarity if words[word]) >= 60  # most of the vocabulary is used
+
+
+def test_negation_and_contrast_occur_for_both_labels() -> None:
+    texts, labels = _reviews()
+    polarity = _polarity_of_words()
+    negated = [
+        label
+        for text, label in zip(texts, labels, strict=True)
+        if any(flag for segment in re.split(r"[.,;]", text) for _, flag in _said(segment, polarity))
+    ]
+    contrasted = [
+        label for text, label in zip(texts, labels, strict=True) if _CONTRAST.search(text)
+    ]
+    for kind in (negated, contrasted):
+        assert len(kind) > 0.05 * len(texts)
+        assert min(Counter(kind)[0], Counter(kind)[1]) > 0.15 * len(kind)
+
+
+def test_a_negation_flips_the_polarity_of_what_it_negates() -> None:
+    """Without a contrast every clause agrees with the label, so a negated negative word
+    ("was never rude") appears only in positive reviews, and the other way round."""
+    texts, labels = _reviews()
+    polarity = _polarity_of_words()
+    checked = {False: 0, True: 0}
+    for text, label in zip(texts, labels, strict=True):
+        if _CONTRAST.search(text):
+            continue
+        for segment in re.split(r"[.,;]", text):
+            for word_label, negated in _said(segment, polarity):
+                assert (1 - word_label if negated else word_label) == label, text
+                checked[negated] += 1
+    assert checked[True] > 50
+    assert checked[False] > 1000
+
+
+def test_after_but_or_however_the_clause_carries_the_label() -> None:
+    texts, labels = _reviews()
+    polarity = _polarity_of_words()
+    checked = 0
+    for text, label in zip(texts, labels, strict=True):
+        match = re.search(r"(?:, but|[;.] [Hh]owever,) ([^.]*)\.", text)
+        if match is None:
+            continue
+        said = _said(match.group(1), polarity)
+        if said and not any(negated for _, negated in said):
+            assert all(word_label == label for word_label, _ in said), text
+            checked += 1
+    assert checked > 20
+
+
+def test_noise_flips_about_the_share_asked_and_leaves_the_texts_alone() -> None:
+    options: dict[str, object] = {"num_clients": 6, "examples_per_client": 200, "heldout": 400}
+    clean = _split(label_noise=0.0, **options)
+    for rate in (0.05, 0.2):
+        noisy = _split(label_noise=rate, **options)
+        flipped = total = 0
+        for ours, theirs in zip(
+            (*noisy.clients, noisy.heldout), (*clean.clients, clean.heldout), strict=True
+        ):
+            assert ours.texts == theirs.texts
+            flipped += sum(a != b for a, b in zip(ours.labels, theirs.labels, strict=True))
+            total += len(ours)
+        assert abs(flipped / total - rate) < 0.3 * rate + 0.01
+    assert _split().clients[0].labels != clean.clients[0].labels  # the default adds some noise
+
+
+def test_two_calls_give_identical_reviews() -> None:
+    first = generate(num_clients=3, examples_per_client=50, seed=4)
+    again = generate(num_clients=3, examples_per_client=50, seed=4)
+    other = generate(num_clients=3, examples_per_client=50, seed=5)
+    assert first == again
+    assert first.heldout.texts != other.heldout.texts
+    assert [c.texts for c in first.clients] != [c.texts for c in other.clients]
+
+
+def test_reviews_do_not_depend_on_the_hash_seed() -> None:
+    code = (
+        "import hashlib\nfrom client.synthetic import generate\n"
+        "s = generate(num_clients=2, examples_per_client=40, seed=9)\n"
+        "rows = [t + str(l) for c in (*s.clients, s.heldout) for t, l in zip(c.texts, c.labels)]\n"
+        "print(hashlib.sha256('|'.join(rows).encode()).hexdigest())\n"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for hash_seed in ("0", "12345")
+    }
+    assert len(digests) == 1
+    assert len(next(iter(digests))) == 64
