@@ -305,17 +305,16 @@ def evaluate_checkpoints(
     scored on pooled features computed once, as the clients and ``run_baseline`` do.
     """
     from client.contract import build_for_policy, get_trainable, set_trainable
-    from client.training import encode, evaluate, pick_device, pooled_features
+    from client.training import evaluate, pick_device, training_data
 
     spec = policy.spec
     device = pick_device()
     model = build_for_policy(spec, seed=seed)
     initial = get_trainable(model.model)
-    data = encode(model.tokenizer, test.texts, test.labels, max_length=spec.model.max_length)
-    scorer = model.model
-    if model.head_only:
-        data = pooled_features(model, data, device=device)
-        scorer = model.head()
+    data = training_data(
+        model, test.texts, test.labels, max_length=spec.model.max_length, device=device
+    )
+    scorer = model.trainee
     scores = []
     for weights in arrays:
         set_trainable(model.model, initial if weights is None else weights)

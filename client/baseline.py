@@ -23,11 +23,10 @@ from client.ledger import noise_for_budget
 from client.plan import choose_training
 from client.training import (
     RoundPlan,
-    encode,
     evaluate,
     pick_device,
-    pooled_features,
     train_round,
+    training_data,
 )
 from policies import FederationPolicy
 
@@ -77,13 +76,10 @@ def run_baseline(
     model = build_for_policy(spec, seed=seed)
     initial = get_trainable(model.model)
     length = spec.model.max_length
-    train_set = encode(model.tokenizer, train.texts, train.labels, max_length=length)
-    held_set = encode(model.tokenizer, heldout.texts, heldout.labels, max_length=length)
-    trainee = model.model
-    if model.head_only:  # the frozen encoder runs once per example, for every run below
-        train_set = pooled_features(model, train_set, device=device)
-        held_set = pooled_features(model, held_set, device=device)
-        trainee = model.head()
+    # computed once for every run below (a frozen encoder runs once per example)
+    train_set = training_data(model, train.texts, train.labels, max_length=length, device=device)
+    held_set = training_data(model, heldout.texts, heldout.labels, max_length=length, device=device)
+    trainee = model.trainee
     floor = evaluate(trainee, held_set, device=device).accuracy
     runs = {"ceiling": RoundPlan(len(train), batch, epochs, 1.0, spec.privacy.max_grad_norm)}
     if private:

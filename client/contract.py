@@ -164,6 +164,11 @@ class TrainableModel:
         """Only the head trains: the encoder's features can be computed once and reused."""
         return self.pooling == "mean" and not trains_encoder(self.model)
 
+    @property
+    def trainee(self) -> torch.nn.Module:
+        """What trains and is scored: the head alone on cached features, else the classifier."""
+        return self.head() if self.head_only else self.model
+
     def head(self) -> torch.nn.Module:
         """The linear head of a mean-pooling model (what trains on cached features)."""
         head: torch.nn.Module = self.model.get_submodule(HEAD_NAME)

@@ -44,12 +44,11 @@ from client.plan import TrainingChoice, choose_training
 from client.secagg import arrived_masked, secagg_mod
 from client.training import (
     RoundPlan,
-    encode,
     evaluate,
     pick_device,
     plan_round,
-    pooled_features,
     train_round,
+    training_data,
 )
 from fedge import messages as m
 from fedge.atomic import atomic_write_bytes
@@ -148,7 +147,7 @@ class _Prepared:
 
     @property
     def trainee(self) -> torch.nn.Module:
-        return self.model.head() if self.model.head_only else self.model.model
+        return self.model.trainee
 
 
 _cache: dict[tuple[Any, ...], Any] = {}
@@ -189,18 +188,11 @@ def _prepare(settings: ClientSettings, policy: FederationPolicy) -> _Prepared:
     train, held = _local_data(settings, spec.model.num_labels)
     tokens_key = ("tokens", id(train), model_key, spec.model.max_length)
     if tokens_key not in _cache:
-        length = spec.model.max_length
-        tokens = (
-            encode(model.tokenizer, train.texts, train.labels, max_length=length),
-            encode(model.tokenizer, held.texts, held.labels, max_length=length),
+        length, device = spec.model.max_length, pick_device()
+        _cache[tokens_key] = tuple(
+            training_data(model, part.texts, part.labels, max_length=length, device=device)
+            for part in (train, held)
         )
-        if model.head_only:
-            device = pick_device()
-            tokens = (
-                pooled_features(model, tokens[0], device=device),
-                pooled_features(model, tokens[1], device=device),
-            )
-        _cache[tokens_key] = tokens
     train_ds, eval_ds = _cache[tokens_key]
     return _Prepared(model=model, train=train_ds, eval=eval_ds)
 

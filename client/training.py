@@ -37,6 +37,7 @@ __all__ = [
     "poisson_batch",
     "pooled_features",
     "train_round",
+    "training_data",
     "use_device",
 ]
 
@@ -112,6 +113,20 @@ def pooled_features(
     hidden = int(trainable.head().in_features)  # type: ignore[arg-type]
     features = torch.cat(parts) if parts else torch.zeros((0, hidden))
     return TensorDataset(features, labels.clone())
+
+
+def training_data(
+    trainable: TrainableModel,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    *,
+    max_length: int,
+    device: torch.device | None = None,
+) -> TensorDataset:
+    """What ``trainable.trainee`` trains and is scored on: the tokens, or, when only the head
+    trains, their pooled features (the frozen encoder runs once per example, not per epoch)."""
+    tokens = encode(trainable.tokenizer, texts, labels, max_length=max_length)
+    return pooled_features(trainable, tokens, device=device) if trainable.head_only else tokens
 
 
 def is_features(dataset: TensorDataset) -> bool:
