@@ -17,7 +17,7 @@ Paths (same model, batch size and sequence length in every arm):
   tensors' device and drives Opacus's DPOptimizer the same way), each step still timed alone,
   data loading excluded. Its non-DP
   column is the fixed-batch non-DP step of the same repetition.
-- ``lora train_round``: fedge's ``client.training.train_round`` itself, private=True vs False,
+- ``lora train_round``: fedge's ``client.training.loop.train_round`` itself, private=True vs False,
   as a client runs it: samples seen / the round's own ``seconds`` (which include data loading).
 - ``head fixed``: for context, the base model frozen and only the classifier trained.
 - ``full fixed`` (``--full``): every encoder weight and the head trained, the embeddings frozen
@@ -56,7 +56,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 if TYPE_CHECKING:
-    from client.training import RoundPlan
+    from client.training.loop import RoundPlan
 
 for _key, _value in {
     "HF_HUB_OFFLINE": "1",
@@ -298,7 +298,7 @@ class TrainRoundArm(Arm):
         self.device, self.seed, self.calls = device, seed, 0
 
     def plan(self, steps: int) -> RoundPlan:
-        from client.training import RoundPlan
+        from client.training.loop import RoundPlan
 
         return RoundPlan(
             num_examples=min(len(self.dataset), steps * self.batch_size),
@@ -309,7 +309,7 @@ class TrainRoundArm(Arm):
         )
 
     def run(self, steps: int) -> Timing:
-        from client.training import train_round
+        from client.training.loop import train_round
 
         plan = self.plan(steps)
         dataset = TensorDataset(*(t[: plan.num_examples] for t in self.dataset.tensors))
@@ -333,7 +333,8 @@ class TrainRoundArm(Arm):
 
 
 def model_source(args: argparse.Namespace, workdir: Path) -> str:
-    from client.model import BUILTIN_MINILM, build_tiny_model
+    from client.contract.model import BUILTIN_MINILM
+    from client.contract.tiny import build_tiny_model
 
     if args.tiny:
         return str(build_tiny_model(workdir / "tiny-model", seed=args.seed))
@@ -344,9 +345,9 @@ def make_dataset(source: str, size: int, seq_len: int, seed: int) -> TensorDatas
     """Synthetic sentences, tokenized by fedge's ``encode`` and padded to ``seq_len``."""
     from transformers import AutoTokenizer
 
-    from client.model import resolve_model_source
-    from client.synthetic import generate
-    from client.training import encode
+    from client.contract.model import resolve_model_source
+    from client.data.synthetic import generate
+    from client.training.loop import encode
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(source), local_files_only=True)
     data = generate(num_clients=1, examples_per_client=size, seed=seed, heldout=0).clients[0]
@@ -354,7 +355,7 @@ def make_dataset(source: str, size: int, seq_len: int, seed: int) -> TensorDatas
 
 
 def lora_model(source: str, seed: int, device: torch.device) -> torch.nn.Module:
-    from client.model import load_trainable_model
+    from client.contract.model import load_trainable_model
     from policies.federation import LoraSpec
 
     model = load_trainable_model(source, num_labels=NUM_LABELS, lora=LoraSpec(), seed=seed).model
@@ -366,7 +367,7 @@ def plain_model(
 ) -> torch.nn.Module:
     from transformers import AutoModelForSequenceClassification
 
-    from client.model import resolve_model_source
+    from client.contract.model import resolve_model_source
 
     torch.manual_seed(seed)
     model: torch.nn.Module = AutoModelForSequenceClassification.from_pretrained(

@@ -1,9 +1,9 @@
 """The edge model: fp32 (torch) next to int8 (ONNX Runtime), size, latency and held-out accuracy.
 
 MiniLM with LoRA is fine-tuned centrally (no DP: this measures quantization, not privacy) on part
-of a labelled TSV (SST-2 by default), then exported by the real ``server.export.export_artifact``
-with its default quantization, and measured side by side on the same held-out examples (never
-trained on):
+of a labelled TSV (SST-2 by default), then exported by the real
+``server.export.build.export_artifact`` with its default quantization, and measured side by side on
+the same held-out examples (never trained on):
 
 - size on disk: the fp32 weights (safetensors), the fp32 ONNX file and the int8 ``model.onnx``;
 - latency at batch 1 and ``--max-length`` tokens (64), p50 and p95, the engines interleaved run
@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from client.data import LabelledData
-    from server.export import Feeds, MergedModel, Quantization
+    from client.contract.labelled import LabelledData
+    from server.export.build import Feeds, MergedModel, Quantization
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "sst2" / "train.tsv"
@@ -144,8 +144,8 @@ spec:
 def fine_tune(
     args: argparse.Namespace, policy: Any, train: LabelledData
 ) -> tuple[dict[str, Any], float]:
-    from client.model import get_trainable, load_trainable_model
-    from client.training import RoundPlan, encode, train_round
+    from client.contract.model import get_trainable, load_trainable_model
+    from client.training.loop import RoundPlan, encode, train_round
 
     spec = policy.spec
     model = load_trainable_model(
@@ -184,7 +184,7 @@ class Row:
 
 
 def variants(layers: int) -> list[tuple[str, Quantization, str]]:
-    from server.export import Quantization
+    from server.export.build import Quantization
 
     chosen = Quantization()
     dyn = replace(chosen, mode="dynamic")
@@ -266,11 +266,11 @@ def dir_size(folder: Path, pattern: str) -> int:
 def run_all(args: argparse.Namespace, data: LabelledData, work: Path) -> dict[str, Any]:
     import torch
 
-    from client.model import BUILTIN_MINILM, build_tiny_model
+    from client.contract.model import BUILTIN_MINILM
+    from client.contract.tiny import build_tiny_model
     from fedge.signing import generate_keypair
     from policies import FederationPolicy, check_text
-    from server.checkpoint import Checkpoint
-    from server.export import (
+    from server.export.build import (
         HeldOut,
         export_artifact,
         export_onnx,
@@ -280,6 +280,7 @@ def run_all(args: argparse.Namespace, data: LabelledData, work: Path) -> dict[st
         quantize_onnx,
         torch_logits,
     )
+    from server.federation.checkpoint import Checkpoint
 
     started = time.perf_counter()
     train, held = split(args, data)
@@ -441,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edge: {args.data}: no such file (pass --data PATH)", file=sys.stderr)
         return 2
     quiet()
-    from client.data import load_labelled
+    from client.contract.labelled import load_labelled
     from fedge.errors import FedgeError
 
     try:

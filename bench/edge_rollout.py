@@ -6,7 +6,8 @@ one per device, each with its own state folder and ONNX Runtime session), fetchi
 ONNX classifier from a stdlib HTTP server on loopback. Each deployment is a real download, signature
 check, install and sample inference on every agent. Two arms, side by side in one run:
 
-- ``rollout``: ``server.fleet.run_rollout`` with a RolloutPolicy of one canary, a near-zero soak
+- ``rollout``: ``server.fleet.controller.run_rollout`` with a RolloutPolicy of one canary, a
+near-zero soak
   and one batch of everything else (what ``fedge deploy`` does: publish to the canary, decide again
   as soon as it reports, then publish to the rest);
 - ``all-at-once``: the operator publishes the retained ``desired`` document to every device (all
@@ -70,7 +71,7 @@ from fedge.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest  # noqa: E402
 from fedge.signing import KeyPair, generate_keypair  # noqa: E402
 from fedge.tls import CertPaths, generate_federation_certs  # noqa: E402
 from policies.rollout import RolloutSpec  # noqa: E402
-from server.fleet import FleetBroker, OperatorBroker, desired_for_artifact, run_rollout  # noqa: E402
+from server.fleet.controller import FleetBroker, OperatorBroker, desired_for_artifact, run_rollout  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 FLEET = "bench"

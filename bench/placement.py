@@ -34,17 +34,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cloud_adapters.factory import open_store  # noqa: E402
-from cloud_adapters.local_artifact import load_local_artifact  # noqa: E402
-from cloud_adapters.planner import plan_placement  # noqa: E402
-from cloud_adapters.reconciler import Reconciler  # noqa: E402
-from cloud_adapters.retry import RetryPolicy  # noqa: E402
-from cloud_adapters.state import PlacementState  # noqa: E402
+from cloud_adapters.placement.local_artifact import load_local_artifact  # noqa: E402
+from cloud_adapters.placement.planner import plan_placement  # noqa: E402
+from cloud_adapters.placement.reconciler import Reconciler  # noqa: E402
+from cloud_adapters.placement.state import PlacementState  # noqa: E402
+from cloud_adapters.stores.factory import open_store  # noqa: E402
+from cloud_adapters.stores.retry import RetryPolicy  # noqa: E402
 from fedge.artifact import sign_artifact  # noqa: E402
 from fedge.manifest import FileEntry, Manifest  # noqa: E402
 from fedge.signing import generate_keypair  # noqa: E402
 from policies.documents import CloudInventory, PlacementPolicy  # noqa: E402
-from tests.cloud_servers import (  # noqa: E402
+from tests.support.cloud_servers import (  # noqa: E402
     azure_target,
     azurite_server,
     inventory_document,

@@ -7,11 +7,12 @@ whole round and reports, per arm:
   (``plain``); Flower's SecAgg+ client stages (two key pairs, Shamir shares of its mask seed and
   key sent encrypted to every neighbour, quantization with its weight, private and pairwise
   masks, its unmask shares: Flower's own primitives from ``flwr.common.secure_aggregation`` with
-  the workflow's defaults, all holders neighbours of all); or ``client.he.encrypt_update``.
+  the workflow's defaults, all holders neighbours of all); or
+  ``client.federation.he.encrypt_update``.
 - ``server ms``: the coordinator's aggregation: weighted mean of the arrays; the masked sum,
   Shamir reconstruction of every seed, mask removal and dequantization; or
-  ``server.he_aggregate.aggregate_encrypted`` (parse and check every ciphertext, integer-weighted
-  sum, serialize).
+  ``server.federation.he_aggregate.aggregate_encrypted`` (parse and check every ciphertext,
+  integer-weighted sum, serialize).
 - ``decode ms``: one holder reading the new global update (for ``he``: ``decrypt_aggregate``).
 - ``up x`` / ``down x``: bytes one holder sends / receives, over the update's float32 bytes
   (SecAgg+ counts its key material and shares too; its masked vector travels as Flower's int64
@@ -25,7 +26,7 @@ are shared and noisy.
 A second table sweeps CKKS parameters on a 16,383-value update (full ciphertexts at every
 degree): bytes per float32 value and the precision each keeps, for the textbook layout (TenSEAL's
 tutorial parameters, fractional weights by plaintext multiplication and rescaling) and for
-fedge's (integer weights by doubling and adding, one data prime, see ``client/he.py``).
+fedge's (integer weights by doubling and adding, one data prime, see ``client/federation/he.py``).
 
 Run: ``.venv/bin/python bench/protected_aggregation.py [--quick] [--json out.json]``. ``--quick``
 (one repetition) takes about 15 s on an idle 2-core CPU, mostly the 1M-value CKKS arm; the
@@ -160,7 +161,7 @@ def run_plain(work: Workload) -> RoundCost:
 
 @dataclass(frozen=True)
 class SecAggConfig:
-    """The SecAggPlusWorkflow defaults fedge uses (server/secagg.py)."""
+    """The SecAggPlusWorkflow defaults fedge uses (server/federation/secagg.py)."""
 
     clipping_range: float = 8.0
     quantization_range: int = 2**22
@@ -346,7 +347,7 @@ def run_secagg(work: Workload, config: SecAggConfig) -> RoundCost:
 
 
 # --------------------------------------------------------------------------------------------
-# CKKS (fedge's client/he.py and server/he_aggregate.py)
+# CKKS (fedge's client/federation/he.py and server/federation/he_aggregate.py)
 
 
 @dataclass
@@ -358,8 +359,8 @@ class HeSetup:
 
 
 def he_setup(params: Any) -> HeSetup:
-    from client.he import generate_keys, secret_context_from_bytes
-    from server.he_aggregate import public_context_from_bytes
+    from client.federation.he import generate_keys, secret_context_from_bytes
+    from server.federation.he_aggregate import public_context_from_bytes
 
     keys, seconds = timed(lambda: generate_keys(params))
     return HeSetup(
@@ -371,8 +372,8 @@ def he_setup(params: Any) -> HeSetup:
 
 
 def run_he(work: Workload, he: HeSetup) -> RoundCost:
-    from client.he import decrypt_aggregate, encrypt_update
-    from server.he_aggregate import ClientUpdate, aggregate_encrypted
+    from client.federation.he import decrypt_aggregate, encrypt_update
+    from server.federation.he_aggregate import ClientUpdate, aggregate_encrypted
 
     cost = RoundCost()
     sent = []
@@ -536,8 +537,8 @@ def sweep_textbook(work: Workload, degree: int, primes: list[int], scale_bits: i
 
 
 def sweep_fedge(work: Workload, params: Any, chosen: bool) -> SweepRow:
-    from client.he import decrypt_aggregate, encrypt_update
-    from server.he_aggregate import ClientUpdate, aggregate_encrypted
+    from client.federation.he import decrypt_aggregate, encrypt_update
+    from server.federation.he_aggregate import ClientUpdate, aggregate_encrypted
 
     he = he_setup(params)
     sent = []
@@ -566,7 +567,7 @@ def sweep_fedge(work: Workload, params: Any, chosen: bool) -> SweepRow:
 
 
 def sweep(clients: int, seed: int, log: Callable[[str], None]) -> list[SweepRow]:
-    from client.he import DEFAULT_PARAMS, HeParams
+    from client.federation.he import DEFAULT_PARAMS, HeParams
 
     work = make_workload(16_383, clients, seed)
     rows = []
@@ -688,7 +689,8 @@ def print_tables(
     console.print(
         "textbook: weights n_i/N by plaintext multiplication and rescaling (TenSEAL's tutorial "
         "parameters first); fedge: integer weights n_i by doubling and adding, no rescaling, one "
-        "data prime. * fedge's default (client.he.DEFAULT_PARAMS). 'raw' is the uncompressed "
+        "data prime. * fedge's default (client.federation.he.DEFAULT_PARAMS). "
+        "'raw' is the uncompressed "
         "ciphertext "
         "(2 polynomials x N x 8 bytes per data prime); 'up' and 'down' are what TenSEAL "
         "serializes, with SEAL's zstd compression on. fedge rows keep max_abs 8 and total weight "
@@ -705,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     import flwr
     import tenseal
 
-    from client.he import DEFAULT_PARAMS
+    from client.federation.he import DEFAULT_PARAMS
 
     started = time.perf_counter()
     he = he_setup(DEFAULT_PARAMS)

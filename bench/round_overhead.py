@@ -1,11 +1,11 @@
 """Seconds per round spent outside training in the Deployment Engine: cold vs warm ClientApps.
 
 One real TLS SuperLink on loopback (certificates from fedge.tls, flags as in
-tests/test_deployment_engine.py), then, for each mode side by side in one run, two data holders
-joined through ``fedge-client start`` (``--no-warm``: Flower's stock fresh ``flwr-clientapp``
-process per message; ``--warm``: client/warm.py's forking SuperExec with the model pre-loaded)
-and the operator's ``fedge train --superlink ... --ca ...``. Each mode gets its own holders,
-state folders and run; the SuperLink is shared.
+tests/server/test_deployment_engine.py), then, for each mode side by side in one run, two data
+holders joined through ``fedge-client start`` (``--no-warm``: Flower's stock fresh
+``flwr-clientapp`` process per message; ``--warm``: client/node/warm.py's forking SuperExec with the
+model pre-loaded) and the operator's ``fedge train --superlink ... --ca ...``. Each mode gets its
+own holders, state folders and run; the SuperLink is shared.
 
 Figures come from the run's ``metrics.jsonl``: ``seconds`` is a round as the ServerApp timed it
 (train phase plus evaluate phase, from pushing the messages to aggregating the replies) and
@@ -53,10 +53,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from client.model import BUILTIN_MINILM, build_tiny_model  # noqa: E402
-from client.synthetic import generate, write_synthetic  # noqa: E402
+from client.contract.model import BUILTIN_MINILM  # noqa: E402
+from client.contract.tiny import build_tiny_model  # noqa: E402
+from client.data.synthetic import generate, write_synthetic  # noqa: E402
 from fedge.tls import CertPaths, generate_federation_certs  # noqa: E402
-from server.deployment import flower_environment, superlink_command  # noqa: E402
+from server.federation.deployment_engine import flower_environment, superlink_command  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 MODES = ("cold", "warm")
@@ -365,8 +366,8 @@ def replay_accounting(ledger_file: Path | None, *, rounds: int) -> list[float]:
     """
     if ledger_file is None:
         return []
-    from client import ledger as ledger_module
-    from client.ledger import epsilon_for, noise_for_budget
+    from client.privacy import ledger as ledger_module
+    from client.privacy.ledger import epsilon_for, noise_for_budget
 
     data = json.loads(ledger_file.read_text())
     charges = sorted(data["charges"], key=lambda charge: int(charge["round"]))

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from client.enroll import enroll_command
+from client.node.enroll import enroll_command
 from fedge.cli import main_for, new_app, out
 
 __all__ = ["app", "main"]
@@ -88,7 +88,7 @@ def he_keygen(
     each puts it in its state folder) and he-public.ctx (for the coordinator, which holds no
     secret key).
     """
-    from client.he import generate_keys, write_keys
+    from client.federation.he import generate_keys, write_keys
     from fedge.errors import UsageError
 
     secret, public = out_dir / "he-secret.ctx", out_dir / "he-public.ctx"
@@ -121,7 +121,7 @@ def data_synth(
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
 ) -> None:
     """Generate a synthetic non-IID text classification set, one file per client."""
-    from client.synthetic import generate, write_synthetic
+    from client.data.synthetic import generate, write_synthetic
 
     split = generate(
         num_clients=clients,
@@ -152,7 +152,7 @@ def data_split(
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
 ) -> None:
     """Split a labelled file among clients, IID or by a Dirichlet label skew."""
-    from client.partition import partition_file
+    from client.data.partition import partition_file
 
     result = partition_file(
         file,
@@ -179,8 +179,8 @@ def check(
     label_column: Annotated[str, typer.Option("--label-column")] = "label",
 ) -> None:
     """Check, before joining, that your data file and the policy's model load on this machine."""
-    from client.data import load_labelled
-    from client.model import resolve_model_source
+    from client.contract.labelled import load_labelled
+    from client.contract.model import resolve_model_source
     from policies import FederationPolicy, load_one
 
     doc = load_one(policy, FederationPolicy)
@@ -217,9 +217,9 @@ def baseline(
     """
     import json
 
-    from client.baseline import run_baseline
-    from client.contract import quiet_libraries
-    from client.data import LabelledData, load_labelled
+    from client.contract.labelled import LabelledData, load_labelled
+    from client.contract.model import quiet_libraries
+    from client.training.baseline import run_baseline
     from fedge.atomic import atomic_write_text
     from policies import FederationPolicy, load_one
 
@@ -249,7 +249,7 @@ def baseline(
 @app.command("budget")
 def budget(policy: PolicyOption, state_dir: StateOption) -> None:
     """Print your privacy ledger: epsilon spent per round and in total, against your budget."""
-    from client.ledger import PrivacyLedger
+    from client.privacy.ledger import PrivacyLedger
     from policies import FederationPolicy, load_one
 
     ledger = PrivacyLedger.for_policy(state_dir, load_one(policy, FederationPolicy))
@@ -313,10 +313,10 @@ def start(
     """
     import time
 
-    from client.data import load_labelled
-    from client.enroll import JOIN_FILE, load_join
-    from client.model import resolve_model_source
-    from client.supernode import (
+    from client.contract.labelled import load_labelled
+    from client.contract.model import resolve_model_source
+    from client.node.enroll import JOIN_FILE, load_join
+    from client.node.supernode import (
         SuperNodeProcess,
         WarmSuperNodeProcess,
         supernode_command,

@@ -36,11 +36,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edge_agent.config import AgentSettings
-from edge_agent.deploy import Deployer, Prepared, ref_of
 from edge_agent.download import Cancelled, DownloadError
 from edge_agent.folder_input import FolderInput
 from edge_agent.http_input import HttpInput
 from edge_agent.inference import InferenceEngine
+from edge_agent.install import Deployer, Prepared, ref_of
 from edge_agent.link import MqttLink
 from edge_agent.protocol import (
     ArtifactRef,

@@ -254,7 +254,8 @@ class Part(BaseModel):
 class Replica(Part):
     """One intact copy of the artifact: presigned URLs for the manifest, signature and files.
 
-    The shape is ``cloud_adapters.urls.ReplicaURLs.to_dict()``, so the controller can pass it on.
+    The shape is ``cloud_adapters.placement.urls.ReplicaURLs.to_dict()``, so the controller can
+    pass it on.
     """
 
     manifest: Url

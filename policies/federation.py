@@ -58,7 +58,7 @@ class AggregationSpec(Spec):
 
 class TrainingSpec(Spec):
     """How each holder trains a round; a setting left out is chosen by fedge's DP-aware plan
-    (client/plan.py) from the holder's number of examples, the rounds and the budget."""
+    (client/training/plan.py) from the holder's number of examples, the rounds and the budget."""
 
     local_epochs: int | None = Field(default=None, ge=1, le=1000)
     batch_size: int | None = Field(

@@ -1,0 +1,289 @@
+"""``fedge enroll``: who may join the federation, for the operator.
+
+``token`` issues a one-time, expiring token for a named data holder; the data holder redeems it
+with ``fedge-client enroll`` against ``serve``, the coordinator's enrollment endpoint, which
+registers the holder's public key with the SuperLink. ``list`` and ``audit`` show the registry,
+``revoke`` unregisters a holder's node at once (the SuperLink keeps running), ``rotate`` issues
+a token that replaces an active holder's key, and ``sync`` re-registers the keys a restarted
+SuperLink forgot. The SuperLink must run with ``--enable-supernode-auth``.
+"""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from fedge.cli import out
+from fedge.errors import UsageError
+
+if TYPE_CHECKING:
+    from server.enrollment.registry import IssuedToken
+    from server.enrollment.service import SuperLinkControl
+
+__all__ = ["enroll_app"]
+
+enroll_app = typer.Typer(
+    help="Enroll data holders: one-time tokens, the enrollment endpoint, revocation.",
+    no_args_is_help=True,
+)
+
+WorkdirOption = Annotated[
+    Path,
+    typer.Option("--workdir", help="The coordinator's folder (holds enrollment.sqlite)."),
+]
+ExpiresOption = Annotated[
+    str, typer.Option("--expires", help="How long the token works: 30m, 24h, 7d (at most 30d).")
+]
+CaOption = Annotated[
+    Path, typer.Option("--ca", help="The federation's CA certificate (fedge certs), PEM.")
+]
+SuperlinkOption = Annotated[
+    str | None,
+    typer.Option("--superlink", help="The SuperLink's HOST:PORT (TLS), to change its nodes."),
+]
+OptionalCaOption = Annotated[
+    Path | None, typer.Option("--ca", help="With --superlink: the CA certificate (PEM).")
+]
+DEFAULT_WORKDIR = Path("fedge-coordinator")
+
+
+def _actor() -> str:
+    try:
+        return f"operator {getpass.getuser()}"
+    except (KeyError, OSError):  # no user name in a bare container
+        return "operator"
+
+
+def _read_ca(ca: Path) -> str:
+    try:
+        return ca.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--ca {ca}: cannot read the CA certificate") from exc
+
+
+def _control(workdir: Path, superlink: str | None, ca: Path | None) -> SuperLinkControl | None:
+    if superlink is None:
+        return None
+    if ca is None:
+        raise UsageError("--superlink needs --ca, the federation's CA certificate (TLS)")
+    from server.enrollment.service import SuperLinkControl
+    from server.federation.deployment_engine import write_flwr_home
+
+    home = workdir / "flwr"
+    write_flwr_home(home, address=superlink, root_certificates=ca)
+    return SuperLinkControl(home)
+
+
+def _show_token(issued: IssuedToken, coordinator: str | None) -> None:
+    from server.enrollment.registry import format_time
+
+    out.print(
+        f"{issued.purpose} token for {issued.name}, valid once until "
+        f"{format_time(issued.expires_at)}:"
+    )
+    out.print(issued.token, markup=False)
+    where = coordinator or "COORDINATOR:PORT"
+    out.print(
+        f"the data holder runs: fedge-client enroll --coordinator {where} --token <token> "
+        "--state-dir <their state folder>",
+        markup=False,
+    )
+
+
+@enroll_app.command("token")
+def token(
+    name: Annotated[str, typer.Argument(help="The data holder's name.")],
+    ca: CaOption,
+    *,
+    expires: ExpiresOption = "24h",
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+    coordinator: Annotated[
+        str | None,
+        typer.Option("--coordinator", help="Enrollment HOST:PORT to show in the instructions."),
+    ] = None,
+) -> None:
+    """Issue a one-time, expiring enrollment token for a data holder (pending until used)."""
+    from server.enrollment.registry import Registry, ca_fingerprint, parse_duration
+
+    ttl = parse_duration(expires)
+    issued = Registry.in_workdir(workdir).issue_token(
+        name, ttl=ttl, ca_sha256=ca_fingerprint(_read_ca(ca)), actor=_actor()
+    )
+    _show_token(issued, coordinator)
+
+
+@enroll_app.command("rotate")
+def rotate(
+    name: Annotated[str, typer.Argument(help="An active data holder.")],
+    ca: CaOption,
+    *,
+    expires: ExpiresOption = "24h",
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+    coordinator: Annotated[
+        str | None,
+        typer.Option("--coordinator", help="Enrollment HOST:PORT to show in the instructions."),
+    ] = None,
+) -> None:
+    """Issue a token that replaces an active holder's key; its old key is unregistered once
+    the holder enrolls the new one."""
+    from server.enrollment.registry import Registry, ca_fingerprint, parse_duration
+
+    ttl = parse_duration(expires)
+    issued = Registry.in_workdir(workdir).issue_token(
+        name, ttl=ttl, ca_sha256=ca_fingerprint(_read_ca(ca)), actor=_actor(), purpose="rotate"
+    )
+    _show_token(issued, coordinator)
+
+
+@enroll_app.command("list")
+def list_holders(
+    *,
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+    superlink: SuperlinkOption = None,
+    ca: OptionalCaOption = None,
+) -> None:
+    """List data holders; with --superlink also each node's status at the SuperLink."""
+    from server.enrollment.registry import Registry, format_time
+
+    holders = Registry.in_workdir(workdir).holders()
+    control = _control(workdir, superlink, ca)
+    nodes = control.nodes() if control is not None else None
+    table = Table(title=f"data holders ({workdir})")
+    for column in (
+        "name",
+        "state",
+        "key",
+        "node",
+        *(("at SuperLink",) if nodes is not None else ()),
+        "since",
+    ):
+        table.add_column(column)
+    for holder in holders:
+        node = "-" if holder.node_id is None else str(holder.node_id)
+        row = [holder.name, holder.state, holder.fingerprint or "-", node]
+        if nodes is not None:
+            row.append(nodes.get(holder.node_id, "-") if holder.node_id is not None else "-")
+        table.add_row(*row, format_time(holder.updated_at))
+    out.print(table)
+    out.print(f"{len(holders)} data holder(s)")
+
+
+@enroll_app.command("revoke")
+def revoke(
+    name: Annotated[str, typer.Argument(help="The data holder to shut out, for good.")],
+    *,
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+    superlink: SuperlinkOption = None,
+    ca: OptionalCaOption = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why, for the audit log.")] = "",
+) -> None:
+    """Revoke a data holder: its node is unregistered from the running SuperLink at once."""
+    from server.enrollment.registry import Registry
+    from server.enrollment.service import revoke_holder
+
+    registry = Registry.in_workdir(workdir)
+    before = revoke_holder(
+        registry, _control(workdir, superlink, ca), name, actor=_actor(), reason=reason
+    )
+    node = f"; SuperLink node {before.node_id} unregistered" if before.node_id is not None else ""
+    out.print(f"revoked {name} (was {before.state}){node}")
+
+
+@enroll_app.command("audit")
+def audit(
+    *,
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+    name: Annotated[str | None, typer.Option("--name", help="Only this data holder.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="The newest N entries.")] = 50,
+) -> None:
+    """Print the audit log: every change to the registry, and who made it."""
+    from server.enrollment.registry import Registry, format_time
+
+    entries = Registry.in_workdir(workdir).audit(subject=name, limit=limit)
+    for entry in entries:  # one line per entry, so that the log greps and diffs well
+        detail = f": {entry.detail}" if entry.detail else ""
+        out.print(
+            f"{entry.seq:>5}  {format_time(entry.at)}  {entry.action:<16} {entry.subject}"
+            f"{detail}  [{entry.actor}]",
+            markup=False,
+        )
+    out.print(f"{len(entries)} audit entr{'y' if len(entries) == 1 else 'ies'}")
+
+
+@enroll_app.command("sync")
+def sync(
+    superlink: Annotated[str, typer.Option("--superlink", help="The SuperLink's HOST:PORT.")],
+    ca: CaOption,
+    *,
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+) -> None:
+    """Make the SuperLink's node list match the registry (after a SuperLink restart)."""
+    from server.enrollment.registry import Registry
+    from server.enrollment.service import reconcile
+
+    control = _control(workdir, superlink, ca)
+    assert control is not None  # noqa: S101 - superlink is given
+    changes = reconcile(Registry.in_workdir(workdir), control, actor=_actor())
+    for line in changes:
+        out.print(line, markup=False)
+    out.print(f"{len(changes)} change(s); the SuperLink agrees with the registry")
+
+
+@enroll_app.command("serve")
+def serve(
+    certs: Annotated[
+        Path, typer.Option("--certs", help="Folder from `fedge certs` (ca.crt, server.pem/key).")
+    ],
+    superlink: Annotated[
+        str, typer.Option("--superlink", help="The SuperLink's HOST:PORT, for its Control API.")
+    ],
+    *,
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+    advertise: Annotated[
+        str | None,
+        typer.Option(
+            "--advertise", help="SuperLink HOST:PORT that data holders dial (default --superlink)."
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port.")] = 9443,
+    he_public_context: Annotated[
+        Path | None,
+        typer.Option("--he-public-context", help="The federation's public HE context, if any."),
+    ] = None,
+) -> None:
+    """Run the HTTPS enrollment endpoint until Ctrl-C."""
+    from fedge.tls import CertPaths
+    from server.enrollment.registry import Registry
+    from server.enrollment.service import Enroller, EnrollmentServer, reconcile
+
+    paths = CertPaths.in_directory(certs)
+    ca_pem = _read_ca(paths.ca_cert)
+    he_bytes = None
+    if he_public_context is not None:
+        try:
+            he_bytes = he_public_context.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--he-public-context {he_public_context}: {exc.strerror}") from exc
+    control = _control(workdir, superlink, paths.ca_cert)
+    assert control is not None  # noqa: S101 - superlink is given
+    registry = Registry.in_workdir(workdir)
+    for line in reconcile(registry, control, actor="enroll-service (start)"):
+        out.print(f"sync: {line}", markup=False)
+    enroller = Enroller(
+        registry,
+        control,
+        superlink=advertise or superlink,
+        ca_cert=ca_pem,
+        he_public_context=he_bytes,
+    )
+    server = EnrollmentServer(
+        enroller, certfile=paths.server_cert, keyfile=paths.server_key, host=host, port=port
+    )
+    with server:
+        out.print(f"enrollment endpoint https://{server.address} (Ctrl-C to stop)")
+        server.wait()
