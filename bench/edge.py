@@ -40,7 +40,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     from client.contract.labelled import LabelledData
-    from server.export.build import Feeds, MergedModel, Quantization
+    from server.export.merged import Feeds, MergedModel
+    from server.export.quantize import Quantization
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "sst2" / "train.tsv"
@@ -184,7 +185,7 @@ class Row:
 
 
 def variants(layers: int) -> list[tuple[str, Quantization, str]]:
-    from server.export.build import Quantization
+    from server.export.quantize import Quantization
 
     chosen = Quantization()
     dyn = replace(chosen, mode="dynamic")
@@ -263,23 +264,18 @@ def dir_size(folder: Path, pattern: str) -> int:
     return sum(p.stat().st_size for p in folder.glob(pattern) if p.is_file())
 
 
-def run_all(args: argparse.Namespace, data: LabelledData, work: Path) -> dict[str, Any]:
+def run_all(args: argparse.Namespace, data: LabelledData, work: Path) -> dict[str, Any]:  # noqa: PLR0915
     import torch
 
     from client.contract.model import BUILTIN_MINILM
     from client.contract.tiny import build_tiny_model
     from fedge.signing import generate_keypair
     from policies import FederationPolicy, check_text
-    from server.export.build import (
-        HeldOut,
-        export_artifact,
-        export_onnx,
-        heldout_feeds,
-        load_merged_model,
-        onnx_logits,
-        quantize_onnx,
-        torch_logits,
-    )
+    from server.export.build import export_artifact
+    from server.export.heldout import HeldOut
+    from server.export.merged import heldout_feeds, load_merged_model, torch_logits
+    from server.export.onnx_export import export_onnx, onnx_logits
+    from server.export.quantize import quantize_onnx
     from server.federation.checkpoint import Checkpoint
 
     started = time.perf_counter()

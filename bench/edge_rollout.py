@@ -67,7 +67,16 @@ from edge_agent.agent import Agent  # noqa: E402
 from edge_agent.config import AgentSettings, BrokerSettings  # noqa: E402
 from edge_agent.protocol import DesiredState  # noqa: E402
 from fedge.artifact import sign_artifact  # noqa: E402
+from fedge.errors import FedgeError  # noqa: E402
 from fedge.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest  # noqa: E402
+from fedge.payload import (  # noqa: E402
+    INFERENCE_FILE,
+    INPUT_NAMES,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    inference_document,
+)
+from fedge.process import ManagedProcess  # noqa: E402
 from fedge.signing import KeyPair, generate_keypair  # noqa: E402
 from fedge.tls import CertPaths, generate_federation_certs  # noqa: E402
 from policies.rollout import RolloutSpec  # noqa: E402
@@ -100,7 +109,7 @@ class Broker:
     port: int = field(default_factory=free_port)
     passwords: dict[str, str] = field(default_factory=dict)
     certs: CertPaths | None = None
-    process: subprocess.Popen[bytes] | None = None
+    process: ManagedProcess | None = None
 
     def start(self) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -141,17 +150,13 @@ class Broker:
             lines.append(f"user {pwd.getpwuid(os.getuid()).pw_name}")
         config = self.workdir / "mosquitto.conf"
         config.write_text("\n".join(lines) + "\n")
-        self.process = subprocess.Popen(
-            [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"mosquitto exited: see {self.workdir / 'mosquitto.log'}")
-            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, self.port), 0.2):
-                return
-            time.sleep(0.05)
-        raise SystemExit("mosquitto did not start listening")
+        self.process = ManagedProcess(
+            [binary, "-c", str(config)], log_path=self.workdir / "stderr.log", name="mosquitto"
+        ).start()
+        try:
+            self.process.wait_for_port(self.port, timeout=20)
+        except FedgeError as exc:
+            raise SystemExit(f"{exc}; see {self.workdir / 'mosquitto.log'}") from exc
 
     def peak_rss_mb(self) -> float | None:
         if self.process is None:
@@ -166,13 +171,8 @@ class Broker:
         return None
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        if self.process is not None:
+            self.process.stop()
 
     @property
     def operator(self) -> OperatorBroker:
@@ -196,7 +196,7 @@ def build_artifact(directory: Path, key: KeyPair, *, version: str, favour: int) 
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))  # noqa: S106
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.save(str(directory / "tokenizer.json"))
+    tokenizer.save(str(directory / TOKENIZER_FILE))
     rng = np.random.default_rng(len(version))
     embeddings = rng.normal(0, 0.1, (len(WORDS), 2)).astype(np.float32)
     bias = np.zeros(2, dtype=np.float32)
@@ -217,10 +217,11 @@ def build_artifact(directory: Path, key: KeyPair, *, version: str, favour: int) 
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.save(model, str(directory / "model.onnx"))
-    inference = {"schema": 1, "max_length": 16, "labels": ["negative", "positive"],
-                 "inputs": ["input_ids"]}  # fmt: skip
-    (directory / "inference.json").write_text(json.dumps(inference))
+    onnx.save(model, str(directory / MODEL_FILE))
+    inference = inference_document(
+        max_length=16, labels=["negative", "positive"], inputs=INPUT_NAMES[:1]
+    )
+    (directory / INFERENCE_FILE).write_text(json.dumps(inference))
     sign_artifact(directory, key, name="bench-cls", version=version, format="onnx-fp32")
     return directory
 

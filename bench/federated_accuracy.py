@@ -162,7 +162,7 @@ class Split:
 
 def split_data(args: argparse.Namespace, data: LabelledData, data_dir: Path) -> Split:
     from client.data.partition import partition_indices, write_partition
-    from client.federation.flower_app import ClientSettings, _split
+    from client.federation.transaction import ClientSettings, split_heldout
 
     wanted = args.train_size + args.test_size
     if wanted > len(data):
@@ -184,7 +184,8 @@ def split_data(args: argparse.Namespace, data: LabelledData, data_dir: Path) -> 
     # What each simulated ClientApp trains on: its file minus its own evaluation share.
     defaults = ClientSettings(name="bench", data_path=Path(), state_dir=Path())
     trains = [
-        _split(client, fraction=defaults.eval_fraction, seed=defaults.seed)[0] for client in clients
+        split_heldout(client, fraction=defaults.eval_fraction, seed=defaults.seed)[0]
+        for client in clients
     ]
     texts = [text for train in trains for text in train.texts]
     labels = [label for train in trains for label in train.labels]
@@ -331,7 +332,7 @@ def central_rows(
     The steps and the noise are recomputed from its plan (one run of ``epochs`` over
     ``train_examples`` at ``batch_size``), the way it computes them.
     """
-    from client.privacy.ledger import epsilon_for, noise_for_budget
+    from client.privacy.accounting import epsilon_for, noise_for_budget
 
     per_epoch = math.ceil(baseline.train_examples / baseline.batch_size)
     steps = baseline.epochs * per_epoch

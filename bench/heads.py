@@ -44,7 +44,7 @@ from torch.utils.data import TensorDataset  # noqa: E402 - HF_HUB_OFFLINE first
 
 from client.contract.labelled import LabelledData, load_labelled  # noqa: E402 - HF_HUB_OFFLINE first
 from client.contract.model import TrainableModel, build_classifier, quiet_libraries  # noqa: E402 - HF_HUB_OFFLINE first
-from client.privacy.ledger import Mechanism, noise_for_budget  # noqa: E402 - HF_HUB_OFFLINE first
+from client.privacy.accounting import Mechanism, noise_for_budget  # noqa: E402 - HF_HUB_OFFLINE first
 from client.training.loop import (  # noqa: E402 - HF_HUB_OFFLINE first
     RoundPlan,
     encode,

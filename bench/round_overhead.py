@@ -56,6 +56,7 @@ if str(ROOT) not in sys.path:
 from client.contract.model import BUILTIN_MINILM  # noqa: E402
 from client.contract.tiny import build_tiny_model  # noqa: E402
 from client.data.synthetic import generate, write_synthetic  # noqa: E402
+from fedge.process import stop_group  # noqa: E402
 from fedge.tls import CertPaths, generate_federation_certs  # noqa: E402
 from server.federation.deployment_engine import flower_environment, superlink_command  # noqa: E402
 
@@ -110,18 +111,6 @@ def tls_ready(port: int, ca: Path) -> bool:
             return True
     except OSError:
         return False
-
-
-def stop_group(process: subprocess.Popen[bytes], *, first: int, grace: float) -> None:
-    """Signal ``process``'s group with ``first``, then SIGKILL it after ``grace`` seconds."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, first)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=grace)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=grace)
 
 
 @dataclass
@@ -366,8 +355,8 @@ def replay_accounting(ledger_file: Path | None, *, rounds: int) -> list[float]:
     """
     if ledger_file is None:
         return []
-    from client.privacy import ledger as ledger_module
-    from client.privacy.ledger import epsilon_for, noise_for_budget
+    from client.privacy import accounting as accounting_module
+    from client.privacy.accounting import epsilon_for, noise_for_budget
 
     data = json.loads(ledger_file.read_text())
     charges = sorted(data["charges"], key=lambda charge: int(charge["round"]))
@@ -383,7 +372,7 @@ def replay_accounting(ledger_file: Path | None, *, rounds: int) -> list[float]:
             float(charge["sampleRate"]),
             int(charge["steps"]),
         )
-        ledger_module._epsilon.cache_clear()  # each ClientApp process starts with no cache
+        accounting_module._epsilon.cache_clear()  # each ClientApp process starts with no cache
         started = time.perf_counter()
         noise_for_budget(
             target_epsilon=float(charge["targetEpsilon"]),

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from client.node.enroll import enroll_command
 from fedge.cli import main_for, new_app, out
+from fedge.he_wire import PUBLIC_CONTEXT_FILE, SECRET_CONTEXT_FILE
 
 __all__ = ["app", "main"]
 
@@ -91,7 +92,7 @@ def he_keygen(
     from client.federation.he import generate_keys, write_keys
     from fedge.errors import UsageError
 
-    secret, public = out_dir / "he-secret.ctx", out_dir / "he-public.ctx"
+    secret, public = out_dir / SECRET_CONTEXT_FILE, out_dir / PUBLIC_CONTEXT_FILE
     if not force and (secret.exists() or public.exists()):
         raise UsageError(f"--out {out_dir}: HE keys exist already (--force replaces them)")
     out_dir.mkdir(parents=True, exist_ok=True)

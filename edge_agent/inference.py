@@ -1,8 +1,9 @@
 """Text classification with ONNX Runtime and a Hugging Face fast tokenizer, from an artifact folder.
 
-The artifact contract (what ``fedge export`` writes): ``model.onnx`` with int64 inputs
-``input_ids``, ``attention_mask`` and optionally ``token_type_ids`` of shape [batch, seq] and an
-output ``logits`` [batch, labels]; ``tokenizer.json``; and ``inference.json``::
+The artifact contract (what ``fedge export`` writes; the names are in :mod:`fedge.payload`):
+``model.onnx`` with int64 inputs ``input_ids``, ``attention_mask`` and optionally
+``token_type_ids`` of shape [batch, seq] and an output ``logits`` [batch, labels];
+``tokenizer.json``; and ``inference.json``::
 
     {"schema": 1, "max_length": 64, "labels": ["negative", "positive"],
      "inputs": ["input_ids", "attention_mask", "token_type_ids"]}
@@ -26,20 +27,23 @@ import onnxruntime as ort  # type: ignore[import-untyped]
 from tokenizers import Tokenizer
 
 from fedge.errors import EdgeError
+from fedge.payload import (
+    INFERENCE_FILE,
+    INFERENCE_SCHEMA,
+    INPUT_NAMES,
+    MODEL_FILE,
+    OUTPUT_NAME,
+    TOKENIZER_FILE,
+)
 
 __all__ = [
     "HEALTH_SAMPLE",
-    "INFERENCE_CONFIG",
     "InferenceConfig",
     "InferenceEngine",
     "Prediction",
 ]
 
-INFERENCE_CONFIG = "inference.json"
-MODEL_FILE = "model.onnx"
-TOKENIZER_FILE = "tokenizer.json"
 HEALTH_SAMPLE = "fedge health check: this sentence only tests that the model answers."
-_KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass(frozen=True)
@@ -63,10 +67,10 @@ class InferenceConfig:
             raise EdgeError(f"{path.name}: missing from the artifact") from exc
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise EdgeError(f"{path.name}: not readable JSON ({exc})") from exc
-        if not isinstance(doc, dict) or doc.get("schema") != 1:
-            raise EdgeError(f"{path.name}: expected a JSON object with schema 1")
+        if not isinstance(doc, dict) or doc.get("schema") != INFERENCE_SCHEMA:
+            raise EdgeError(f"{path.name}: expected a JSON object with schema {INFERENCE_SCHEMA}")
         max_length, labels = doc.get("max_length"), doc.get("labels")
-        inputs = doc.get("inputs", list(_KNOWN_INPUTS[:2]))
+        inputs = doc.get("inputs", list(INPUT_NAMES[:2]))
         if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
             raise EdgeError(f"{path.name}: max_length must be an integer of at least 2")
         if (
@@ -76,8 +80,8 @@ class InferenceConfig:
             or len(set(labels)) != len(labels)
         ):
             raise EdgeError(f"{path.name}: labels must be a non-empty list of distinct strings")
-        if not isinstance(inputs, list) or not set(inputs) <= set(_KNOWN_INPUTS):
-            raise EdgeError(f"{path.name}: inputs must be a subset of {list(_KNOWN_INPUTS)}")
+        if not isinstance(inputs, list) or not set(inputs) <= set(INPUT_NAMES):
+            raise EdgeError(f"{path.name}: inputs must be a subset of {list(INPUT_NAMES)}")
         if "input_ids" not in inputs:
             raise EdgeError(f"{path.name}: inputs must include input_ids")
         return cls(max_length=max_length, labels=tuple(labels), inputs=tuple(inputs))
@@ -96,7 +100,7 @@ class InferenceEngine:
     def __init__(self, directory: str | Path, *, threads: int | None = None) -> None:
         folder = Path(directory)
         self.directory = folder
-        self.config = InferenceConfig.read(folder / INFERENCE_CONFIG)
+        self.config = InferenceConfig.read(folder / INFERENCE_FILE)
         try:
             self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
         except Exception as exc:
@@ -118,12 +122,12 @@ class InferenceEngine:
         declared = {node.name for node in self.session.get_inputs()}
         if "input_ids" not in declared:
             raise EdgeError(f"{MODEL_FILE}: the model has no input_ids input")
-        unknown = declared - set(_KNOWN_INPUTS)
+        unknown = declared - set(INPUT_NAMES)
         if unknown:
             raise EdgeError(f"{MODEL_FILE}: unexpected model inputs {sorted(unknown)}")
-        self._feeds = tuple(name for name in _KNOWN_INPUTS if name in declared)
+        self._feeds = tuple(name for name in INPUT_NAMES if name in declared)
         outputs = [node.name for node in self.session.get_outputs()]
-        if "logits" not in outputs:
+        if OUTPUT_NAME not in outputs:
             raise EdgeError(f"{MODEL_FILE}: the model has no logits output (has {outputs})")
 
     @property
@@ -149,7 +153,7 @@ class InferenceEngine:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         feeds = self._encode(texts)
         try:
-            (result,) = self.session.run(["logits"], feeds)
+            (result,) = self.session.run([OUTPUT_NAME], feeds)
         except Exception as exc:
             raise EdgeError(f"{MODEL_FILE}: inference failed ({exc})") from exc
         array = np.asarray(result, dtype=np.float32)

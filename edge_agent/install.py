@@ -1,6 +1,6 @@
 """Bringing one deployment to the point of switch-over: download, verify, install, health-check.
 
-:meth:`Deployer.prepare` walks ``DOWNLOADING -> VERIFYING -> ACTIVATING`` and returns a loaded,
+:meth:`Installer.prepare` walks ``DOWNLOADING -> VERIFYING -> ACTIVATING`` and returns a loaded,
 healthy model that is *not yet served*; the agent then switches to it (one atomic pointer write)
 and reports ``SUCCEEDED``. Whatever fails on the way raises, and the model served before is
 untouched. Transient download failures (a replica down, a connection cut) are retried here, with
@@ -23,13 +23,13 @@ from fedge.artifact import verify_artifact
 from fedge.errors import EdgeError, FedgeError
 from fedge.logs import get_logger
 from fedge.manifest import MANIFEST_NAME, Manifest
+from fedge.payload import ACCEPTED_FORMATS
 from fedge.signing import PublicKey
 
-__all__ = ["ACCEPTED_FORMATS", "Deployer", "PhaseCallback", "Prepared", "ref_of"]
+__all__ = ["Installer", "PhaseCallback", "Prepared", "ref_of"]
 
 log = get_logger(__name__)
 
-ACCEPTED_FORMATS = frozenset({"onnx-int8", "onnx-fp32"})
 PhaseCallback = Callable[[Phase, str | None, Progress | None], None]
 
 
@@ -46,7 +46,9 @@ class Prepared:
     engine: InferenceEngine
 
 
-class Deployer:
+class Installer:
+    """Installs a deployment's artifact on this device, and loads installed models."""
+
     def __init__(
         self,
         state: StateDir,

@@ -35,6 +35,7 @@ from pydantic.alias_generators import to_camel
 
 from fedge import __version__
 from fedge.errors import EdgeError
+from fedge.replica_urls import URL_MAX_LENGTH, URL_PATTERN
 
 __all__ = [
     "RETAINED",
@@ -218,8 +219,7 @@ def sha256_hex(data: bytes) -> str:
 
 _SHA256 = r"^[0-9a-f]{64}$"
 # http(s) for presigned cloud URLs; file:// for the demo's local stores on the same machine.
-_URL = r"^(https?://[^\s/]+/[^\s]*|file:///[^\s]*)$"
-Url = Annotated[str, Field(pattern=_URL, max_length=8192)]
+Url = Annotated[str, Field(pattern=URL_PATTERN, max_length=URL_MAX_LENGTH)]
 Sha256 = Annotated[str, Field(pattern=_SHA256)]
 Millis = Annotated[float, Field(ge=0)]
 
@@ -254,8 +254,9 @@ class Part(BaseModel):
 class Replica(Part):
     """One intact copy of the artifact: presigned URLs for the manifest, signature and files.
 
-    The shape is ``cloud_adapters.placement.urls.ReplicaURLs.to_dict()``, so the controller can
-    pass it on.
+    The shape is :class:`fedge.replica_urls.ReplicaURLs` (what placement writes), so the
+    controller can pass an entry of ``urls.json`` on; pydantic checks it here, so that a refusal
+    reads like every other one on ``reported``.
     """
 
     manifest: Url

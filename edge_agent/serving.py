@@ -1,4 +1,5 @@
-"""What the inputs (folder, HTTP) need from the agent: classify texts with the model served now."""
+"""What the inputs (folder, HTTP) need from the agent: classify texts with the model served now,
+and what that model is (:class:`ServedModel`)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from edge_agent.inference import Prediction
+from edge_agent.inference import InferenceEngine, Prediction
+from edge_agent.protocol import ArtifactRef
 from fedge.errors import EdgeError
 
-__all__ = ["Classified", "Classifier", "NoModelError", "Source"]
+__all__ = ["Classified", "Classifier", "NoModelError", "ServedModel", "Source"]
 
 Source = Literal["folder", "http"]
 
 
 class NoModelError(EdgeError):
     """No model has been installed yet; the input should wait, not fail."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The model answering now: a loaded, healthy engine and the artifact version it runs."""
+
+    engine: InferenceEngine
+    ref: ArtifactRef
 
 
 @dataclass(frozen=True)

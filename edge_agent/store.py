@@ -30,7 +30,7 @@ from typing import IO, TypeVar
 from pydantic import AwareDatetime, Field
 
 from edge_agent.protocol import ArtifactRef, DesiredState, Part, Payload, Phase, ProtocolError
-from fedge.atomic import atomic_write_bytes, atomic_write_text
+from fedge.atomic import atomic_write_bytes, atomic_write_text, fsync_dir
 from fedge.errors import EdgeError
 from fedge.logs import get_logger
 
@@ -176,7 +176,7 @@ class StateDir:
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(staging, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             raise EdgeError(f"{target}: cannot install the artifact ({exc.strerror})") from exc
         return target
@@ -197,11 +197,3 @@ class StateDir:
         for partial in sorted(self.partial_root.iterdir()):
             if partial.name != keep_partial:
                 shutil.rmtree(partial, ignore_errors=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

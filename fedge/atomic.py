@@ -7,16 +7,22 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "fsync_dir", "fsync_file"]
 
 
-def _fsync_dir(directory: Path) -> None:
-    # The rename is durable only once the directory entry itself reaches the disk.
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """Flush a folder's entries: a rename is durable only once its directory reaches the disk."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """Flush a file written by someone else (a library) before it is renamed into place."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> Path:
@@ -39,7 +45,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int =
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return target
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "HE_UPDATE",
     "INFO",
     "LEARNING_RATE",
+    "MASKED",
     "METRICS",
     "NOISE_MULTIPLIER",
     "NUM_EXAMPLES",
@@ -34,7 +35,13 @@ __all__ = [
     "REASON",
     "ROUND",
     "ROUNDS",
+    "RUN_DATA_DIR",
+    "RUN_HE_PUBLIC_CONTEXT",
+    "RUN_HE_SECRET_CONTEXT",
     "RUN_ID",
+    "RUN_STATE_DIR",
+    "RUN_WORKDIR",
+    "SECAGG_ARRAY_NAMES",
     "STEPS",
     "TRAIN_LOSS",
     "TRAIN_SECONDS",
@@ -61,6 +68,21 @@ HE_TOTAL_WEIGHT = "he-total-weight"  # config: what the holders divide the decry
 HE_UPDATE = "he-update"  # ArrayRecord, client -> server: the holder's encrypted update
 HE_NUM_VALUES = "he-num-values"  # metric: values in the encrypted update
 HE_DIGEST = "he-digest"  # info: SHA-256 over the update's chunks
+
+# protection: secagg. Flower's legacy FitIns config carries no array names, so the coordinator
+# adds the JSON list of names in parameter order; the holder's app sees MASKED = 1 in its config
+# when its update will leave the node only masked (and reports it back as a metric).
+SECAGG_ARRAY_NAMES = "fedge-array-names"
+MASKED = "masked"
+
+# Run-config keys (the app folder's pyproject.toml, read by both apps through Context.run_config).
+# POLICY and RUN_ID above are run-config keys too. The simulated holders find their data and state
+# through these; a real holder gets its own from its SuperNode's node config instead.
+RUN_WORKDIR = "workdir"
+RUN_DATA_DIR = "data-dir"
+RUN_STATE_DIR = "state-dir"
+RUN_HE_SECRET_CONTEXT = "he-secret-context"  # noqa: S105 - a key name; simulation only
+RUN_HE_PUBLIC_CONTEXT = "he-public-context"
 
 # Client -> server metric keys.
 NUM_EXAMPLES = "num-examples"

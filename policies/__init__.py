@@ -42,6 +42,7 @@ __all__ = [
     "json_schema",
     "load_files",
     "load_one",
+    "the_one",
 ]
 
 EXAMPLES_DIR = Path(__file__).with_name("examples")
@@ -66,11 +67,21 @@ def load_files(paths: Sequence[str | os.PathLike[str]]) -> list[PolicyDocument]:
     return [entry.document for entry in report.documents]
 
 
-def load_one(path: str | os.PathLike[str], kind: type[D]) -> D:
-    """The single document of ``kind`` in ``path`` (other kinds in the file are validated too)."""
-    found = [doc for doc in load_files([path]) if isinstance(doc, kind)]
+def the_one(report: Report, kind: type[D], *, source: str) -> D:
+    """The single document of ``kind`` in a validated ``report``; ``source`` names it in errors.
+
+    Problems anywhere in the report raise first (:class:`~fedge.errors.PolicyError`, located),
+    so a file with one good document of ``kind`` and a broken other document is still refused.
+    """
+    report.raise_for_problems()
+    found = [entry.document for entry in report.documents if isinstance(entry.document, kind)]
     if len(found) != 1:
         raise UsageError(
-            f"{path}: expected exactly one {kind.__name__} document, found {len(found)}"
+            f"{source}: expected exactly one {kind.__name__} document, found {len(found)}"
         )
     return found[0]
+
+
+def load_one(path: str | os.PathLike[str], kind: type[D]) -> D:
+    """The single document of ``kind`` in ``path`` (other kinds in the file are validated too)."""
+    return the_one(check_files([path]), kind, source=str(path))

@@ -8,13 +8,13 @@ fields in camelCase, Kubernetes-style; Python uses snake_case through aliases.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
+from fedge import durations
 from fedge.errors import UsageError
 from fedge.logs import register_secret
 
@@ -52,24 +52,14 @@ class Spec(BaseModel):
     )
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
 def parse_duration(value: Any) -> Any:
-    """``90``, ``"90s"``, ``"10m"``, ``"1h30m"``, ``"500ms"`` -> seconds (float).
+    """``90``, ``"90s"``, ``"10m"``, ``"1h30m"``, ``"500ms"`` -> seconds (float), in the one
+    grammar of :mod:`fedge.durations`.
 
     Anything else is passed on unchanged so the strict float check reports it.
     """
-    if isinstance(value, str):
-        text = value.strip()
-        if text and _DURATION.sub("", text) == "":
-            return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION.findall(text))
-        raise ValueError(
-            f"{value!r} is not a duration; write e.g. 30s, 10m, 1h30m or a number of seconds"
-        )
-    if isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return durations.parse_duration(value)
     return value
 
 
@@ -81,7 +71,7 @@ Duration = Annotated[
         {
             "anyOf": [
                 {"type": "number", "exclusiveMinimum": 0},
-                {"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d))+$"},
+                {"type": "string", "pattern": durations.CANONICAL_PATTERN},
             ],
             "description": "seconds, or a duration such as 30s, 10m, 1h30m",
         }

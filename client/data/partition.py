@@ -19,12 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from client.contract.data_format import DataFormat, detect_format
 from client.contract.labelled import (
     DEFAULT_MAX_BYTES,
-    DataFormat,
     LabelledData,
     OnBadRow,
-    detect_format,
     load_labelled,
     write_labelled,
 )

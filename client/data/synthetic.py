@@ -27,6 +27,9 @@ population the federated model will serve.
 Everything is drawn from Python's own Mersenne Twister seeded from strings, so a seed gives the
 same data on any machine and Python version, independent of ``PYTHONHASHSEED``. Label noise has
 a stream of its own, so changing ``label_noise`` changes labels only, never the texts.
+
+This module is the generator alone, one job at some length; its words (tables only) are in
+client/data/vocabulary.py.
 """
 
 from __future__ import annotations
@@ -38,8 +41,31 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Final, TypeAlias
 
-from client.contract.labelled import DataFormat, LabelledData, write_labelled
+from client.contract.data_format import DataFormat
+from client.contract.labelled import LabelledData, write_labelled
 from client.data.partition import apportion, client_file_name, sample_dirichlet
+from client.data.vocabulary import (
+    ADJECTIVES,
+    CONTRASTS,
+    COPULAS,
+    DOMAINS,
+    EMPHATIC,
+    ENDINGS,
+    FILLER,
+    INTENSIFIERS,
+    NEGATED_INTENSIFIERS,
+    NEUTRAL,
+    OPENERS,
+    PAIRS,
+    PHRASES,
+    PLAIN_DOMAIN,
+    SYLLABLES,
+    TOPICS,
+    VERBS,
+    VERDICT_NOUNS,
+    Domain,
+    Subject,
+)
 from fedge.errors import UsageError
 
 __all__ = ["MAX_LABELS", "SyntheticSplit", "class_vocabularies", "generate", "write_synthetic"]
@@ -47,177 +73,7 @@ __all__ = ["MAX_LABELS", "SyntheticSplit", "class_vocabularies", "generate", "wr
 MAX_LABELS: Final = 1000
 
 # --------------------------------------------------------------------------------------------
-# Two labels: reviews. Words are grouped by polarity (index = label: 0 negative, 1 positive) and
-# by what they can describe, so that no nurse is "spacious" and no waiting time is "rude".
-
-_ADJECTIVES: Final[tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]] = (
-    {
-        "any": (
-            "awful", "terrible", "horrible", "dreadful", "disappointing", "poor", "useless",
-            "unreliable", "appalling", "abysmal", "mediocre", "frustrating", "shocking",
-            "pathetic", "unacceptable", "inconsistent", "bad", "hopeless", "atrocious", "woeful",
-        ),
-        "person": (
-            "rude", "unhelpful", "dismissive", "unprofessional", "careless", "grumpy",
-            "incompetent", "impatient", "arrogant", "lazy", "clueless", "inattentive",
-            "condescending", "disrespectful", "unfriendly", "sloppy", "curt", "indifferent",
-            "abrupt", "hostile",
-        ),
-        "thing": (
-            "slow", "broken", "dirty", "noisy", "confusing", "chaotic", "messy", "faulty",
-            "filthy", "shabby", "crowded", "outdated", "cramped", "overpriced", "stressful",
-            "tedious", "cold", "smelly", "complicated", "disorganised",
-        ),
-    },
-    {
-        "any": (
-            "excellent", "great", "wonderful", "superb", "fantastic", "brilliant", "outstanding",
-            "impressive", "lovely", "pleasant", "perfect", "reliable", "efficient", "first-class",
-            "amazing", "terrific", "faultless", "good", "decent", "exceptional", "marvellous",
-        ),
-        "person": (
-            "friendly", "helpful", "polite", "attentive", "professional", "courteous", "patient",
-            "kind", "welcoming", "cheerful", "caring", "competent", "knowledgeable", "respectful",
-            "thoughtful", "considerate", "approachable", "reassuring", "prompt", "warm",
-        ),
-        "thing": (
-            "clean", "fast", "quick", "smooth", "spotless", "tidy", "comfortable", "quiet",
-            "simple", "clear", "spacious", "modern", "affordable", "convenient", "accurate",
-            "hassle-free", "well organised", "bright", "fresh", "seamless",
-        ),
-    },
-)  # fmt: skip
-
-# Predicates after "was" that take no intensifier ("very on time" is not English).
-_PHRASES: Final[tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]] = (
-    {
-        "any": ("a nightmare", "a joke", "worse than I expected", "a real letdown"),
-        "person": ("hard to deal with", "a pain to deal with", "out of their depth"),
-        "thing": (
-            "a complete mess", "a waste of time", "out of order", "behind schedule",
-            "a total shambles", "hard to use", "poor value", "in a sorry state",
-        ),
-    },
-    {
-        "any": ("spot on", "second to none", "a real highlight", "better than I expected"),
-        "person": ("a pleasure to deal with", "a credit to the place", "always there for us"),
-        "thing": (
-            "on time", "worth every penny", "easy to use", "good value", "in perfect condition",
-            "up to date", "a joy to use", "exactly what we needed",
-        ),
-    },
-)  # fmt: skip
-
-# Verb phrases as "past|base": "never <past>" and "did not <base>" negate them.
-_VERBS: Final[tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]] = (
-    {
-        "person": (
-            "ignored our questions|ignore our questions",
-            "lost my paperwork|lose my paperwork",
-            "kept us waiting for ages|keep us waiting for ages",
-            "let us down|let us down",
-            "turned a short job into an afternoon|turn a short job into an afternoon",
-            "got the details wrong|get the details wrong",
-            "gave me the wrong information|give me the wrong information",
-            "talked down to us|talk down to us",
-            "forgot about us|forget about us",
-            "blamed everyone else|blame everyone else",
-            "rushed us out|rush us out",
-        ),
-        "thing": (
-            "broke down twice|break down",
-            "kept failing|keep failing",
-            "took forever|take forever",
-            "caused endless delays|cause endless delays",
-            "fell apart|fall apart",
-            "ruined the day|ruin the day",
-            "cost far too much|cost far too much",
-        ),
-    },
-    {
-        "person": (
-            "explained everything clearly|explain everything clearly",
-            "sorted out the problem quickly|sort out the problem quickly",
-            "went out of their way to help|go out of their way to help",
-            "kept us informed|keep us informed",
-            "listened carefully|listen carefully",
-            "made the whole thing easy|make the whole thing easy",
-            "answered every question|answer every question",
-            "treated us with respect|treat us with respect",
-            "followed up the next day|follow up the next day",
-            "put us at ease|put us at ease",
-            "got everything right|get everything right",
-        ),
-        "thing": (
-            "worked perfectly|work perfectly",
-            "ran like clockwork|run like clockwork",
-            "saved us a lot of time|save us a lot of time",
-            "exceeded my expectations|exceed my expectations",
-            "made life easier|make life easier",
-            "impressed everyone|impress anyone",
-            "held up well|hold up well",
-        ),
-    },
-)
-
-_INTENSIFIERS: Final = (
-    (
-        "very", "really", "extremely", "incredibly", "so", "truly", "quite", "pretty",
-        "a bit", "rather", "somewhat", "slightly", "a little", "surprisingly",
-    ),
-    (
-        "very", "really", "extremely", "incredibly", "so", "truly", "quite", "pretty",
-        "genuinely", "remarkably", "exceptionally", "fairly", "reasonably", "surprisingly",
-    ),
-)  # fmt: skip
-_NEGATED_INTENSIFIERS: Final = ("very", "particularly", "exactly", "especially", "that")
-_NEUTRAL: Final = (
-    "okay", "fine", "average", "acceptable", "about what I expected", "nothing out of the ordinary",
-    "much the same as last time", "as expected", "standard", "neither here nor there",
-)  # fmt: skip
-# Copulas for singular and plural subjects: affirmative, "not", contracted, "never".
-_COPULAS: Final = (
-    (
-        ("was", "was not", "wasn't", "was never"),
-        ("is", "is not", "isn't", "is never"),
-        ("has been", "has not been", "hasn't been", "has never been"),
-    ),
-    (
-        ("were", "were not", "weren't", "were never"),
-        ("are", "are not", "aren't", "are never"),
-        ("have been", "have not been", "haven't been", "have never been"),
-    ),
-)
-_OPENERS: Final = ("Overall, ", "Honestly, ", "On the whole, ", "In short, ", "To be honest, ")
-# Closing verdicts; some positive ones carry a negation ("I can't fault it") to trip word counts.
-_ENDINGS: Final = (
-    (
-        "I will not be back.", "I would not recommend it.", "Avoid if you can.", "One star.",
-        "Never again.", "I want my money back.", "I expected much better.",
-        "I have made a complaint.",
-    ),
-    (
-        "I would recommend it to anyone.", "I will definitely be back.", "Five stars.",
-        "Highly recommended.", "I can't fault it.", "I could not be happier.",
-        "I would never go anywhere else.", "Thank you to everyone involved.",
-    ),
-)  # fmt: skip
-_CONTRASTS: Final = (  # {a}: the clause the label does not follow; {b}: the one it does
-    "{A}, but {b}.", "{A}; however, {b}.", "{A}. However, {b}.", "Although {a}, {b}.",
-    "Even though {a}, {b}.", "While {a}, {b}.", "{B}, although {a}.", "{B}, even though {a}.",
-    "{A}, yet {b}.", "{A}. That said, {b}.", "{A}, but overall {b}.",
-)  # fmt: skip
-# "could not have been more X" keeps X's polarity: a negation that does not flip. Long words
-# only, since "more fast" is not English.
-_EMPHATIC: Final = (
-    ("unhelpful", "disorganised", "frustrating", "confusing", "unprofessional", "disappointing",
-     "stressful", "complicated", "dismissive", "careless"),
-    ("helpful", "welcoming", "professional", "pleasant", "efficient", "reassuring", "attentive",
-     "comfortable", "convenient", "organised"),
-)  # fmt: skip
-_PAIRS: Final = ("{A} and {b}.", "{A}, and {b} too.", "{A}. {B} as well.", "{A}; {b}.")
-
-_VERDICT_NOUNS: Final = ("service", "experience", "visit", "place", "overall", "all round")
+# Two labels: reviews, from the words and frames in client/data/vocabulary.py.
 
 _MAX_REVIEW_WORDS: Final = 30
 # How hard the task is. Measured with frozen all-MiniLM-L6-v2 (mean pooling) and a logistic
@@ -254,132 +110,13 @@ class _Predicate:
     gradable: bool
 
 
-@dataclass(frozen=True, slots=True)
-class _Subject:
-    text: str
-    plural: bool
-    person: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Domain:
-    """A client's world: ``words`` feed the many-label sentences, the rest the reviews."""
-
-    words: tuple[str, ...]
-    people: tuple[_Subject, ...]
-    things: tuple[_Subject, ...]
-    context: tuple[str, ...]
-
-
-def _domain(words: tuple[str, ...], people: str, things: str, context: tuple[str, ...]) -> _Domain:
-    """Subjects are ``;``-separated; a leading ``+`` marks a plural ("+the nurses")."""
-
-    def subjects(spec: str, person: bool) -> tuple[_Subject, ...]:
-        parts = [part.strip() for part in spec.split(";")]
-        return tuple(_Subject(p.lstrip("+"), p.startswith("+"), person) for p in parts)
-
-    return _Domain(words, subjects(people, True), subjects(things, False), context)
-
-
-_DOMAINS: Final = (
-    _domain(
-        ("ward", "nurse", "clinic", "patient", "appointment", "shift"),
-        "the nurse; +the nurses; the night nurse; the doctor; the consultant; the ward sister; "
-        "the porter; the receptionist; +the junior doctors",
-        "the ward; the waiting time; the food; the discharge process; the appointment system; "
-        "the clinic; the night shift; +the beds; the parking; the pharmacy; the waiting room",
-        (
-            "My mother spent three nights on the ward.", "I came in for a routine appointment.",
-            "I was at the clinic for a follow-up.", "We arrived just before the shift change.",
-            "I stayed in after an operation.", "My appointment was at nine in the morning.",
-        ),
-    ),
-    _domain(
-        ("account", "branch", "transfer", "card", "teller", "statement"),
-        "the teller; the branch manager; the adviser; +the staff at the branch; "
-        "the person on the phone; the mortgage adviser; +the tellers",
-        "the account; the app; the transfer; the new card; the statement; the branch; the queue; "
-        "the online banking; +the fees; the mortgage process; the phone line",
-        (
-            "I went in to open a new account.", "I needed to make a large transfer.",
-            "My card was due for renewal.", "I called about a line on my statement.",
-            "I visited the branch on a Monday.", "I have banked there for ten years.",
-        ),
-    ),
-    _domain(
-        ("assembly", "line", "machine", "shipment", "warehouse", "operator"),
-        "the operator; the shift supervisor; the foreman; the maintenance crew; "
-        "the safety officer; +the operators; the line manager; +the new hires",
-        "the assembly line; the machine; the shipment; the warehouse; the new press; "
-        "the canteen; the conveyor; the scheduling; the quality check; +the spare parts; "
-        "the loading dock",
-        (
-            "I have worked on the line for two years.", "We had a big shipment due on Friday.",
-            "The machine was installed last month.", "I did a week of nights in the warehouse.",
-            "I started there as an operator.", "We were running a new product that week.",
-        ),
-    ),
-    _domain(
-        ("classroom", "teacher", "homework", "lecture", "campus", "exam"),
-        "the teacher; the head teacher; the tutor; the lecturer; the teaching assistant; "
-        "+the teachers; the admissions office; the librarian",
-        "the classroom; the homework; the lecture; the campus; the exam; the library; "
-        "the timetable; the marking; the course material; +the facilities; the feedback",
-        (
-            "My son started there in September.", "I took the evening course last term.",
-            "We had the exam in the main hall.", "I sat in on one lecture.",
-            "I visited the campus for an open day.", "Homework was set every Friday.",
-        ),
-    ),
-    _domain(
-        ("checkout", "shelf", "cashier", "aisle", "receipt", "store"),
-        "the cashier; the shop assistant; the store manager; +the staff on the floor; "
-        "the delivery driver; the security guard; +the cashiers",
-        "the checkout; +the shelves; the aisle; the receipt; the store; the returns process; "
-        "+the prices; the self-service till; the car park; the website; the fruit and veg",
-        (
-            "I popped in for a few things after work.", "I needed to return a kettle.",
-            "I did the weekly shop there on Saturday.", "I kept the receipt just in case.",
-            "The store had just reopened after a refit.", "I went to the checkout with a trolley.",
-        ),
-    ),
-    _domain(
-        ("room", "lobby", "reception", "booking", "breakfast", "suite"),
-        "the receptionist; the concierge; the cleaner; the waiter; the night porter; "
-        "the hotel manager; +the staff; +the waiters",
-        "the room; the lobby; the reception; the booking; the breakfast; the suite; the bed; "
-        "the shower; the wifi; the pool; the view; the check-in",
-        (
-            "We stayed three nights in May.", "I made the booking online.",
-            "We arrived late in the evening.", "We had a suite on the top floor.",
-            "Breakfast was served from seven.", "It was a business trip.",
-        ),
-    ),
-)  # fmt: skip
-
-# People and things every place has: styled clients mix them with their own domain's, as real
-# reviewers do, so that the domain alone does not give the label away under label skew; clients
-# without a style use only these.
-_PLAIN_DOMAIN: Final = _domain(
-    (),
-    "the manager; the person at the desk; the team; the assistant; +the staff; "
-    "+the people there",
-    "the service; the place; the wait; the process; the website; the building; "
-    "the whole experience; the booking system; the communication; +the facilities",
-    (
-        "I went there last week.", "It was my first visit.", "I had been there once before.",
-        "We went in the afternoon.", "It was busier than usual.", "A friend told me about it.",
-    ),
-)  # fmt: skip
-
-
 def _predicates(polarity: int) -> dict[str, tuple[_Predicate, ...]]:
     """Every predicate of ``polarity``, by what it may describe ("person" or "thing")."""
     out: dict[str, tuple[_Predicate, ...]] = {}
     for who in ("person", "thing"):
-        adjectives = (*_ADJECTIVES[polarity]["any"], *_ADJECTIVES[polarity][who])
-        phrases = (*_PHRASES[polarity]["any"], *_PHRASES[polarity][who])
-        verbs = [verb.split("|") for verb in _VERBS[polarity][who]]
+        adjectives = (*ADJECTIVES[polarity]["any"], *ADJECTIVES[polarity][who])
+        phrases = (*PHRASES[polarity]["any"], *PHRASES[polarity][who])
+        verbs = [verb.split("|") for verb in VERBS[polarity][who]]
         out[who] = (
             *(_Predicate(word, "", polarity, True) for word in adjectives),
             *(_Predicate(phrase, "", polarity, False) for phrase in phrases),
@@ -396,7 +133,7 @@ class _Voice:
     """How one client writes reviews: its domain, and a cumulative weight for each predicate
     in ``_PREDICATES[polarity][who]``, so each client leans on its own favourite words."""
 
-    domain: _Domain
+    domain: Domain
     cum_weights: tuple[dict[str, tuple[float, ...]], dict[str, tuple[float, ...]]]
 
 
@@ -419,12 +156,12 @@ def _voice(seed: int, client: int, styled: bool) -> _Voice:
                 )
             )
         weights.append(per_who)
-    domain = _DOMAINS[client % len(_DOMAINS)] if styled else _PLAIN_DOMAIN
+    domain = DOMAINS[client % len(DOMAINS)] if styled else PLAIN_DOMAIN
     return _Voice(domain, (weights[0], weights[1]))
 
 
-def _subject(rng: random.Random, voice: _Voice, avoid: _Subject | None = None) -> _Subject:
-    domain = _PLAIN_DOMAIN if rng.random() < _SHARED else voice.domain
+def _subject(rng: random.Random, voice: _Voice, avoid: Subject | None = None) -> Subject:
+    domain = PLAIN_DOMAIN if rng.random() < _SHARED else voice.domain
     pool = domain.people if rng.random() < 0.5 else domain.things
     while True:
         subject = rng.choice(pool)
@@ -432,7 +169,7 @@ def _subject(rng: random.Random, voice: _Voice, avoid: _Subject | None = None) -
             return subject
 
 
-def _predicate(rng: random.Random, voice: _Voice, polarity: int, subject: _Subject) -> _Predicate:
+def _predicate(rng: random.Random, voice: _Voice, polarity: int, subject: Subject) -> _Predicate:
     who = "person" if subject.person else "thing"
     return rng.choices(_PREDICATES[polarity][who], cum_weights=voice.cum_weights[polarity][who])[0]
 
@@ -441,7 +178,7 @@ def _clause(
     rng: random.Random,
     voice: _Voice,
     polarity: int,
-    subject: _Subject,
+    subject: Subject,
     *,
     negated: bool,
     stressed: bool = False,
@@ -455,7 +192,7 @@ def _clause(
             return f"{name} {said.text}"
         verb = (f"did not {said.base}", f"didn't {said.base}", f"never {said.text}")
         return f"{name} {rng.choice(verb)}"
-    copula = rng.choice(_COPULAS[subject.plural])
+    copula = rng.choice(COPULAS[subject.plural])
     if negated:
         return f"{name} {_negated(rng, copula, said)}"
     text = said.text
@@ -466,7 +203,7 @@ def _clause(
                 text = f"{text} and {also.text}"
                 break
     if said.gradable and rng.random() < _INTENSIFY:
-        return f"{name} {copula[0]} {rng.choice(_INTENSIFIERS[said.polarity])} {text}"
+        return f"{name} {copula[0]} {rng.choice(INTENSIFIERS[said.polarity])} {text}"
     return f"{name} {copula[0]} {text}"
 
 
@@ -477,7 +214,7 @@ def _negated(rng: random.Random, copula: tuple[str, str, str, str], said: _Predi
     if form < 0.55:
         head = plain_not if form < 0.3 else contracted
         if said.gradable and rng.random() < 0.25:
-            return f"{head} {rng.choice(_NEGATED_INTENSIFIERS)} {said.text}"
+            return f"{head} {rng.choice(NEGATED_INTENSIFIERS)} {said.text}"
         tail = rng.choice((" at all", " in the slightest")) if rng.random() < 0.3 else ""
         return f"{head} {said.text}{tail}"
     if form < 0.75:
@@ -486,9 +223,9 @@ def _negated(rng: random.Random, copula: tuple[str, str, str, str], said: _Predi
     return f"{affirmative} {hedge} {said.text}"
 
 
-def _neutral_clause(rng: random.Random, subject: _Subject) -> str:
-    affirmative = rng.choice(_COPULAS[subject.plural])[0]
-    return f"{subject.text} {affirmative} {rng.choice(_NEUTRAL)}"
+def _neutral_clause(rng: random.Random, subject: Subject) -> str:
+    affirmative = rng.choice(COPULAS[subject.plural])[0]
+    return f"{subject.text} {affirmative} {rng.choice(NEUTRAL)}"
 
 
 def _fill(template: str, a: str, b: str) -> str:
@@ -511,14 +248,14 @@ def _core(rng: random.Random, label: int, voice: _Voice) -> str:
     kind -= _SINGLE
     if kind < _PAIRED:
         a = _clause(rng, voice, label, first, negated=False)
-        return _fill(rng.choice(_PAIRS), a, _clause(rng, voice, label, second, negated=False))
+        return _fill(rng.choice(PAIRS), a, _clause(rng, voice, label, second, negated=False))
     kind -= _PAIRED
     if kind < _NEGATED:
         a = _clause(rng, voice, label, first, negated=True)
         if rng.random() >= _SUPPORTED:
             return _capital(a) + "."
         b = _clause(rng, voice, label, second, negated=False, stressed=True)
-        return _fill(rng.choice(_PAIRS), *((a, b) if rng.random() < 0.5 else (b, a)))
+        return _fill(rng.choice(PAIRS), *((a, b) if rng.random() < 0.5 else (b, a)))
     kind -= _NEGATED
     if kind < _CONTRAST:
         if rng.random() < _NEUTRAL_FIRST:
@@ -528,22 +265,22 @@ def _core(rng: random.Random, label: int, voice: _Voice) -> str:
         stressed = rng.random() < _SUPPORTED
         negated = not stressed and rng.random() < _NEGATE_IN_CONTRAST
         b = _clause(rng, voice, label, second, negated=negated, stressed=stressed)
-        return _fill(rng.choice(_CONTRASTS), a, b)
+        return _fill(rng.choice(CONTRASTS), a, b)
     could = rng.choice(("could not", "couldn't"))
-    return _capital(f"{first.text} {could} have been more {rng.choice(_EMPHATIC[label])}") + "."
+    return _capital(f"{first.text} {could} have been more {rng.choice(EMPHATIC[label])}") + "."
 
 
 def _support(rng: random.Random, label: int) -> str:
     """A closing verdict of the label's polarity, as reviews end: a stock phrase, or a
     fragment in the plainest words ("Terrible experience.", "Great and efficient.")."""
     if rng.random() < _ENDING_SHARE:
-        return rng.choice(_ENDINGS[label])
-    first, second = rng.sample(_ADJECTIVES[label]["any"], 2)
+        return rng.choice(ENDINGS[label])
+    first, second = rng.sample(ADJECTIVES[label]["any"], 2)
     form = rng.random()
     if form < 0.5:
-        return _capital(f"{first} {rng.choice(_VERDICT_NOUNS)}") + "."
+        return _capital(f"{first} {rng.choice(VERDICT_NOUNS)}") + "."
     if form < 0.75:
-        return _capital(f"{rng.choice(_INTENSIFIERS[label])} {first}") + "."
+        return _capital(f"{rng.choice(INTENSIFIERS[label])} {first}") + "."
     return _capital(f"{first} and {second}") + "."
 
 
@@ -552,7 +289,7 @@ def _review(rng: random.Random, label: int, voice: _Voice) -> str:
     context and verdicts around it that real reviews have, kept within the word limit."""
     core = _core(rng, label, voice)
     if rng.random() < _OPENER:
-        core = rng.choice(_OPENERS) + core[:1].lower() + core[1:]
+        core = rng.choice(OPENERS) + core[:1].lower() + core[1:]
     parts = [core]
     if rng.random() < _CONTEXT:
         parts.insert(0 if rng.random() < 0.7 else 1, rng.choice(voice.domain.context))
@@ -565,51 +302,6 @@ def _review(rng: random.Random, label: int, voice: _Voice) -> str:
 
 # --------------------------------------------------------------------------------------------
 # More labels: topic words among filler.
-
-_TOPICS: Final[dict[str, tuple[str, ...]]] = {
-    "sports": (
-        "match", "goal", "team", "coach", "league", "score", "stadium",
-        "player", "season", "referee", "tournament", "striker", "penalty", "champion",
-    ),
-    "weather": (
-        "rain", "storm", "sunny", "forecast", "wind", "cloudy", "temperature",
-        "snow", "humid", "thunder", "fog", "drizzle", "heatwave", "frost",
-    ),
-    "food": (
-        "recipe", "soup", "bread", "spicy", "dessert", "kitchen", "flavour",
-        "cheese", "salad", "baked", "sauce", "noodles", "chef", "tasty",
-    ),
-    "music": (
-        "guitar", "concert", "album", "melody", "drummer", "song", "lyrics",
-        "chorus", "band", "piano", "rhythm", "singer", "vinyl", "orchestra",
-    ),
-    "travel": (
-        "flight", "passport", "luggage", "beach", "itinerary", "tourist", "train",
-        "island", "museum", "suitcase", "cruise", "visa", "souvenir", "journey",
-    ),
-    "finance": (
-        "stocks", "interest", "loan", "budget", "dividend", "inflation", "savings",
-        "market", "mortgage", "invoice", "portfolio", "tax", "pension", "bond",
-    ),
-    "health": (
-        "doctor", "fever", "vaccine", "therapy", "symptom", "diagnosis", "medicine",
-        "allergy", "injury", "surgery", "recovery", "vitamin", "infection", "dose",
-    ),
-    "science": (
-        "experiment", "molecule", "telescope", "theory", "laboratory", "physics", "genome",
-        "hypothesis", "particle", "microscope", "chemistry", "orbit", "fossil", "neuron",
-    ),
-}  # fmt: skip
-
-_FILLER: Final = (
-    "the", "a", "and", "was", "is", "it", "this", "that", "with", "for", "very", "really",
-    "quite", "today", "again", "just", "our", "my", "we", "they", "had", "so", "about",
-    "after", "before", "there", "then", "also", "still", "some", "of", "on", "in", "at",
-)  # fmt: skip
-
-_SYLLABLES: Final = (
-    "ka", "lo", "mi", "ru", "te", "va", "zo", "ne", "pi", "sa", "du", "fe", "go", "hu", "ji", "bo",
-)  # fmt: skip
 
 _MIN_WORDS: Final = 6
 _MAX_WORDS: Final = 12
@@ -653,7 +345,7 @@ def _pseudo_words(label: int, taken: set[str]) -> tuple[str, ...]:
     rng = _rng("vocabulary", label)
     words: list[str] = []
     while len(words) < 14:
-        word = "".join(rng.choice(_SYLLABLES) for _ in range(4))
+        word = "".join(rng.choice(SYLLABLES) for _ in range(4))
         if word not in taken:
             taken.add(word)
             words.append(word)
@@ -666,12 +358,12 @@ def class_vocabularies(num_labels: int) -> dict[str, tuple[str, ...]]:
     works."""
     if num_labels == 2:
         return {
-            name: tuple(word for words in _ADJECTIVES[polarity].values() for word in words)
+            name: tuple(word for words in ADJECTIVES[polarity].values() for word in words)
             for polarity, name in enumerate(("negative", "positive"))
         }
-    vocab = dict(list(_TOPICS.items())[:num_labels])
-    domain_words = (domain.words for domain in _DOMAINS)
-    taken = {word for words in (*_TOPICS.values(), _FILLER, *domain_words) for word in words}
+    vocab = dict(list(TOPICS.items())[:num_labels])
+    domain_words = (domain.words for domain in DOMAINS)
+    taken = {word for words in (*TOPICS.values(), FILLER, *domain_words) for word in words}
     for label in range(len(vocab), num_labels):
         vocab[f"topic-{label:02d}"] = _pseudo_words(label, taken)
     return vocab
@@ -686,7 +378,7 @@ def _style(seed: int, client: int, vocab: list[tuple[str, ...]], styled: bool) -
         ranks = list(range(len(words)))
         rng.shuffle(ranks)
         weights.append(tuple(1.0 / (rank + 1) for rank in ranks))  # Zipf over its own order
-    return _Style(tuple(weights), _DOMAINS[client % len(_DOMAINS)].words)
+    return _Style(tuple(weights), DOMAINS[client % len(DOMAINS)].words)
 
 
 def _word(rng: random.Random, label: int, style: _Style, vocab: list[tuple[str, ...]]) -> str:
@@ -700,7 +392,7 @@ def _word(rng: random.Random, label: int, style: _Style, vocab: list[tuple[str, 
     draw -= _OTHER_CLASS_WORD
     if style.domain_words and draw < _DOMAIN_WORD:
         return rng.choice(style.domain_words)
-    return rng.choice(_FILLER)
+    return rng.choice(FILLER)
 
 
 def _topic_sentence(

@@ -63,13 +63,11 @@ alter the ciphertext in transit can recompute it; TLS and SuperNode authenticati
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,6 +76,7 @@ import tenseal as ts
 
 from fedge.atomic import atomic_write_bytes
 from fedge.errors import FederationError, KeyFileError, UsageError
+from fedge.he_wire import chunk_sizes, context_slots, read_context_file, update_digest
 
 __all__ = [
     "CHECK_TOLERANCE",
@@ -86,13 +85,11 @@ __all__ = [
     "HeKeys",
     "HeParams",
     "check_same_parameters",
-    "chunk_sizes",
     "decrypt_aggregate",
     "encrypt_update",
     "generate_keys",
     "load_secret_context",
     "secret_context_from_bytes",
-    "update_digest",
     "write_keys",
 ]
 
@@ -183,7 +180,7 @@ class EncryptedUpdate:
     """One holder's encrypted update: ciphertext chunks plus the plaintext metadata that goes along.
 
     ``num_values`` counts the update's values (without the check value), ``digest`` is
-    :func:`update_digest` of ``chunks``; ``nbytes`` is what the chunks put on the wire.
+    ``fedge.he_wire.update_digest`` of ``chunks``; ``nbytes`` is what the chunks put on the wire.
     """
 
     chunks: tuple[bytes, ...]
@@ -278,14 +275,8 @@ def secret_context_from_bytes(data: bytes, *, source: str = "<secret context>") 
 
 def load_secret_context(path: str | os.PathLike[str]) -> Any:
     """Read the secret context file; errors name the file."""
-    file = Path(path)
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise KeyFileError(
-            f"cannot read the HE secret context ({exc.strerror})", path=str(file)
-        ) from exc
-    return secret_context_from_bytes(data, source=str(file))
+    data = read_context_file(path, what="secret")
+    return secret_context_from_bytes(data, source=str(path))
 
 
 def _fingerprint(context: Any) -> tuple[tuple[int, ...], float]:
@@ -315,27 +306,6 @@ def check_same_parameters(
 # Encryption
 
 
-def chunk_sizes(num_values: int, slots: int) -> list[int]:
-    """Values per ciphertext for an update of ``num_values`` values plus the check value."""
-    total = num_values + 1
-    full, rest = divmod(total, slots)
-    return [slots] * full + ([rest] if rest else [])
-
-
-def update_digest(chunks: Sequence[bytes]) -> str:
-    """SHA-256 over the chunks, each prefixed by its length (so a cut cannot move bytes across)."""
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(len(chunk).to_bytes(8, "big"))
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _slots(context: Any) -> int:
-    degree: int = context.seal_context().data.first_context_data().parms().poly_modulus_degree()
-    return degree // 2
-
-
 def _flatten(arrays: Sequence[npt.ArrayLike], max_abs: float) -> npt.NDArray[np.float64]:
     parts = [np.asarray(a, dtype=np.float64).ravel() for a in arrays]
     flat = np.concatenate([*parts, np.ones(1)]) if parts else np.ones(1)
@@ -362,7 +332,7 @@ def encrypt_update(
     DP, whose accounting must know about it.
     """
     flat = _flatten(arrays, max_abs)
-    slots = _slots(context)
+    slots = context_slots(context)
     chunks: list[bytes] = []
     start = 0
     try:
@@ -395,7 +365,7 @@ def decrypt_aggregate(
     if not context.has_secret_key():
         raise FederationError("decrypting needs the secret context; this one is public")
     num_values = sum(math.prod(shape) for shape in shapes)
-    expected = chunk_sizes(num_values, _slots(context))
+    expected = chunk_sizes(num_values, context_slots(context))
     if len(chunks) != len(expected):
         raise FederationError(
             f"the encrypted aggregate has {len(chunks)} ciphertexts, {len(expected)} expected for "

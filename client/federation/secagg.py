@@ -49,13 +49,8 @@ from flwr.compat.common import recorddict_compat as compat
 from fedge import messages as m
 from fedge.errors import FederationError
 
-__all__ = ["ARRAY_NAMES", "MASKED", "arrived_masked", "secagg_mod"]
+__all__ = ["arrived_masked", "secagg_mod"]
 
-# Key in the legacy FitIns config: the JSON list of the array names, in the order of the
-# parameters (legacy Parameters carry no names). The coordinator's side writes it.
-ARRAY_NAMES = "fedge-array-names"
-# Key in the config the app sees: 1 when its update will leave the node only masked.
-MASKED = "masked"
 
 Arrays = dict[str, npt.NDArray[Any]]
 
@@ -75,7 +70,7 @@ def arrived_masked(message: Message) -> bool:
     which this is False: its update would leave the node in plaintext.
     """
     config = message.content.config_records.get(m.CONFIG) if message.has_content() else None
-    return config is not None and bool(config.get(MASKED, 0))
+    return config is not None and bool(config.get(m.MASKED, 0))
 
 
 def _stage(message: Message) -> str | None:
@@ -145,13 +140,13 @@ def _as_fedge_request(message: Message) -> tuple[list[str], Message]:
     try:
         fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
         config = dict(fitins.config)
-        names = json.loads(str(config.pop(ARRAY_NAMES)))
+        names = json.loads(str(config.pop(m.SECAGG_ARRAY_NAMES)))
         values = parameters_to_ndarrays(fitins.parameters)
     except (KeyError, ValueError, TypeError) as exc:
         raise FederationError(f"malformed secure-aggregation train message: {exc}") from exc
     if not isinstance(names, list) or len(names) != len(values):
         raise FederationError("secure-aggregation train message: array names do not match")
-    config[MASKED] = 1
+    config[m.MASKED] = 1
     content = RecordDict(
         {
             m.ARRAYS: ArrayRecord(

@@ -24,11 +24,9 @@ import base64
 import binascii
 import contextlib
 import datetime
-import hashlib
 import http.client
 import json
 import os
-import re
 import ssl
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,13 +34,14 @@ from typing import Annotated, Any
 
 import typer
 
+from fedge import enroll_token
 from fedge.atomic import atomic_write_bytes, atomic_write_text
 from fedge.errors import FedgeError, UsageError
+from fedge.he_wire import PUBLIC_CONTEXT_FILE
 from fedge.node_keys import generate_node_key
 
 __all__ = [
     "CA_FILE",
-    "HE_CONTEXT_FILE",
     "JOIN_FILE",
     "KEY_FILE",
     "PUBLIC_KEY_FILE",
@@ -57,18 +56,12 @@ __all__ = [
     "parse_token",
 ]
 
-TOKEN_PREFIX = "fedge1"  # noqa: S105 - a format tag, not a secret
 KEY_FILE = "supernode.key"
 PUBLIC_KEY_FILE = "supernode.pub"
 CA_FILE = "ca.crt"
-HE_CONTEXT_FILE = "he-public.ctx"
 JOIN_FILE = "join.json"
-CA_PATH = "/v1/ca"
-ENROLL_PATH = "/v1/enroll"
 TOKEN_ENV = "FEDGE_ENROLL_TOKEN"  # noqa: S105 - the variable's name
 
-_SECRET = re.compile(r"[A-Za-z0-9_-]{43}")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 _MAX_ANSWER = 1024 * 1024
 
 
@@ -100,19 +93,14 @@ class JoinInfo:
 
 
 def parse_token(text: str) -> tuple[str, str]:
-    """``(secret, CA sha256)``; the format is ``fedge1.<43 base64url>.<64 hex>``."""
-    parts = text.strip().split(".")
-    if (
-        len(parts) != 3
-        or parts[0] != TOKEN_PREFIX
-        or not _SECRET.fullmatch(parts[1])
-        or not _HEX64.fullmatch(parts[2])
-    ):
+    """``(secret, CA sha256)`` of ``--token``, in the format of :mod:`fedge.enroll_token`."""
+    try:
+        return enroll_token.parse_token(text)
+    except UsageError as exc:
         raise UsageError(
-            f"--token: not a fedge enrollment token (expected {TOKEN_PREFIX}.<secret>.<CA sha256>"
+            f"--token: not a fedge enrollment token (expected {enroll_token.TOKEN_FORMAT}"
             ", as printed by `fedge enroll token`)"
-        )
-    return parts[1], parts[2]
+        ) from exc
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -125,10 +113,9 @@ def _split_address(address: str) -> tuple[str, int]:
 
 def _ca_sha256(pem: str) -> str:
     try:
-        der = ssl.PEM_cert_to_DER_cert(pem.strip() + "\n")
-    except (ValueError, binascii.Error) as exc:
+        return enroll_token.ca_fingerprint(pem)
+    except UsageError as exc:
         raise CoordinatorError("the coordinator's CA certificate is not PEM") from exc
-    return hashlib.sha256(der).hexdigest()
 
 
 def _request(
@@ -177,7 +164,7 @@ def _fetch_pinned_ca(host: str, port: int, ca_sha256: str, *, timeout: float) ->
     bootstrap = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     bootstrap.check_hostname = False
     bootstrap.verify_mode = ssl.CERT_NONE
-    status, payload = _request(host, port, bootstrap, "GET", CA_PATH, timeout=timeout)
+    status, payload = _request(host, port, bootstrap, "GET", enroll_token.CA_PATH, timeout=timeout)
     pem = payload.get("ca_cert")
     if status != 200 or not isinstance(pem, str):
         raise CoordinatorError(f"coordinator {host}:{port}: no CA certificate ({status})")
@@ -238,7 +225,7 @@ def enroll(
         if name is not None:
             body["name"] = name
         status, payload = _request(
-            host, port, pinned, "POST", ENROLL_PATH, body=body, timeout=timeout
+            host, port, pinned, "POST", enroll_token.ENROLL_PATH, body=body, timeout=timeout
         )
         if status != 200:
             raise _refusal(status, payload, where)
@@ -250,7 +237,7 @@ def enroll(
                 he_bytes = base64.b64decode(he_context, validate=True)
             except binascii.Error as exc:
                 raise CoordinatorError(f"coordinator {where}: damaged HE context") from exc
-            he_path = atomic_write_bytes(state / HE_CONTEXT_FILE, he_bytes)
+            he_path = atomic_write_bytes(state / PUBLIC_CONTEXT_FILE, he_bytes)
         ca_path = atomic_write_text(state / CA_FILE, str(payload["ca_cert"]))
         atomic_write_text(state / PUBLIC_KEY_FILE, f"{public} {holder}\n")
         os.replace(pending, state / KEY_FILE)

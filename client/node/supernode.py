@@ -22,23 +22,19 @@ Flower's own subprocess isolation does; the API listens on loopback only, never 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 
 from fedge.errors import FederationError, UsageError
 from fedge.flower_env import flower_environment
+from fedge.process import ManagedProcess, listening
 
 __all__ = [
     "SuperNodeProcess",
@@ -257,19 +253,18 @@ class SuperNodeProcess:
         self.log_path = self.state_dir / log_name
         self.grace = grace
         self._base_env = env
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        self._managed: ManagedProcess | None = None
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        return self._managed.pid if self._managed is not None else None
 
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._managed is not None and self._managed.running()
 
     def start(self) -> SuperNodeProcess:
         """Start the SuperNode in a new session (its own process group), logging to a file."""
-        if self._process is not None:
+        if self._managed is not None:
             raise UsageError("this SuperNode was started already")
         env = flower_environment(self.flwr_home, base=self._base_env)
         executable = shutil.which(self.command[0], path=env["PATH"])
@@ -279,87 +274,25 @@ class SuperNodeProcess:
             )
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.flwr_home.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._log = os.fdopen(fd, "ab")
-        try:
-            self._process = subprocess.Popen(
-                [executable, *self.command[1:]],
-                env=env,
-                cwd=self.state_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise FederationError(f"{self.command[0]} could not start: {exc}") from exc
-        finally:
-            self._close_log()  # the child holds its own copy of the descriptor
+        self._managed = ManagedProcess(
+            [executable, *self.command[1:]],
+            log_path=self.log_path,
+            name=self.command[0],
+            env=env,
+            cwd=self.state_dir,
+            grace=self.grace,
+            error=FederationError,
+        ).start()
         return self
-
-    def _signal_group(self, signum: int) -> bool:
-        """Send ``signum`` to the SuperNode's process group; False when the group is gone."""
-        if self._process is None:
-            return False
-        try:
-            os.killpg(self._process.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-
-    def _group_alive(self) -> bool:
-        """Whether a live (not zombie) process is left in the group.
-
-        On Linux ``/proc`` says so exactly; ``killpg(0)`` would also count zombies that a
-        container's init never reaps.
-        """
-        if self._process is None:
-            return False
-        proc = Path("/proc")
-        if not proc.is_dir():
-            return self._signal_group(0)
-        for entry in proc.iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            # pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its ")".
-            fields = stat[stat.rfind(")") + 2 :].split()
-            if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == self._process.pid:
-                return True
-        return False
 
     def stop(self) -> int | None:
         """SIGTERM the group, wait up to ``grace`` seconds, then SIGKILL whatever is left.
 
-        Returns the SuperNode's exit status (None if it was never started).
+        Children (superexec, a ClientApp mid-round) may outlive the leader: they get the rest
+        of a short grace period, then the group is killed. Returns the SuperNode's exit status
+        (None if it was never started).
         """
-        process = self._process
-        if process is None:
-            self._close_log()
-            return None
-        self._signal_group(signal.SIGTERM)
-        try:
-            process.wait(timeout=self.grace)
-        except subprocess.TimeoutExpired:
-            self._signal_group(signal.SIGKILL)
-            process.wait()
-        # Children (superexec, a ClientApp mid-round) may outlive the leader: give them the
-        # rest of a short grace period, then kill what is left of the group.
-        deadline = time.monotonic() + min(self.grace, 5.0)
-        while self._group_alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self._signal_group(signal.SIGKILL)
-        self._close_log()
-        return process.returncode
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            with contextlib.suppress(OSError):
-                self._log.close()
-            self._log = None
+        return self._managed.stop() if self._managed is not None else None
 
     def log_text(self) -> str:
         """What the SuperNode has logged so far (for a failure report)."""
@@ -369,7 +302,7 @@ class SuperNodeProcess:
             return ""
 
     def __enter__(self) -> SuperNodeProcess:
-        return self if self._process is not None else self.start()
+        return self if self._managed is not None else self.start()
 
     def __exit__(
         self,
@@ -378,14 +311,6 @@ class SuperNodeProcess:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def _listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 class WarmSuperNodeProcess:
@@ -439,14 +364,14 @@ class WarmSuperNodeProcess:
         host, port = self.commands.host, self.commands.runtime_port
         if self.supernode.pid is not None:
             raise UsageError("this SuperNode was started already")
-        if _listening(host, port):
+        if listening(host, port):
             raise FederationError(
                 f"port {port} on {host} is in use: pick another --port for the SuperNode"
             )
         try:
             self.supernode.start()
             deadline = time.monotonic() + self.ready_timeout
-            while not _listening(host, port):
+            while not listening(host, port):
                 if not self.supernode.running():
                     raise FederationError(
                         f"the SuperNode stopped before its Runtime API listened; see "

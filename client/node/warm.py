@@ -10,7 +10,7 @@ SuperExec, and a wrapper around the SuperNode:
 
 ``python -m client.node.warm superexec [--preload-node-config CONFIG] FLOWER-SUPEREXEC-ARGS...``
     Imports fedge's ClientApp once (torch, transformers, peft, opacus), optionally loads the
-    holder's model and tokenizes its data into ``client.federation.flower_app``'s module cache
+    holder's model and tokenizes its data into ``client.federation.transaction``'s module cache
     (CONFIG is the SuperNode's own ``--node-config`` string, or a JSON object), then runs Flower's
     own ``flower-superexec`` with one change: a ClientApp task is started with ``os.fork()`` of this
     warm process (copy-on-write, so each task still is a process of its own that exits when the
@@ -26,7 +26,8 @@ SuperExec, and a wrapper around the SuperNode:
     pull from the SuperLink and polls for a ClientApp's reply every 0.5 s. Its first wait for a
     message's content is shortened too (patch 4 below).
 
-The patches, exactly (Flower is pinned to 1.41.0 in pyproject.toml):
+The patches, exactly (Flower is pinned to 1.41.0 in pyproject.toml; every Flower internal named
+here is listed, and checked by a test, in ``client/node/flower_internals.py``):
 
 1. ``flwr.supercore.superexec.executor.subprocess_executor.SubprocessExecutor.launch`` and
    ``.reconcile`` are replaced on the class (in the SuperExec process only). The child relies on

@@ -2,15 +2,13 @@
 
 DESIGN.md section 5 promises that each data holder's budget is enforced on the holder's own
 machine, so no coordinator can make a client spend more than its policy allows. This module is that
-enforcement. It is shaped like Opacus's accountants: pure math (:func:`epsilon_for`,
-:func:`noise_for_budget`) over the history Opacus itself keeps, a list of
-``(noise_multiplier, sample_rate, steps)`` triples, under a thin stateful class
-(:class:`PrivacyLedger`) that persists the history in one JSON file.
+enforcement: a thin stateful class (:class:`PrivacyLedger`) that keeps the history Opacus itself
+keeps, a list of ``(noise_multiplier, sample_rate, steps)`` triples, in one JSON file
+(client/privacy/ledger_file.py), takes a lock to charge it, and prices it with the pure math of
+client/privacy/accounting.py.
 
 The epsilon reported is always Opacus's own ``get_epsilon(delta)`` for the whole recorded history,
-recomputed rather than summed, because privacy loss does not add up round by round. Consecutive
-rounds with the same noise and sample rate are merged the way ``IAccountant.step`` merges steps,
-so the figure equals what one Opacus accountant would report had it watched every step.
+recomputed rather than summed, because privacy loss does not add up round by round.
 
 Semantics a caller relies on:
 
@@ -45,233 +43,28 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
-import json
-import math
 import os
-import re
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final, TypedDict, TypeGuard, get_args
+from typing import TypedDict
 
+from client.privacy.accounting import (
+    Mechanism,
+    PrivacyBudget,
+    check_mechanism,
+    epsilon_for,
+    opacus_history,
+)
+from client.privacy.checks import check_name, check_round
+from client.privacy.ledger_file import LedgerState, RoundCharge, ledger_path, parse_ledger
 from fedge.atomic import atomic_write_text
 from fedge.errors import BudgetExceededError, FederationError, UsageError
 from fedge.logs import get_logger
 from policies import FederationPolicy
-from policies.common import DNS_NAME
-from policies.federation import Accountant, PrivacySpec
 
-__all__ = [
-    "LEDGER_DIR",
-    "LEDGER_SCHEMA",
-    "MAX_NOISE_MULTIPLIER",
-    "Accountant",
-    "LedgerSummary",
-    "Mechanism",
-    "PrivacyBudget",
-    "PrivacyLedger",
-    "RoundCharge",
-    "RoundSummary",
-    "epsilon_for",
-    "ledger_path",
-    "noise_for_budget",
-    "opacus_history",
-]
-
-LEDGER_SCHEMA: Final = "fedge.ledger/v1"
-LEDGER_DIR: Final = "privacy"
-# The same ceiling as opacus.accountants.utils.MAX_SIGMA: past it, a plan cannot fit the budget.
-MAX_NOISE_MULTIPLIER: Final = 1e6
-
-Mechanism = tuple[float, float, int]
-"""One entry of Opacus's accountant history: ``(noise_multiplier, sample_rate, steps)``."""
+__all__ = ["LedgerSummary", "PrivacyLedger", "RoundSummary"]
 
 _log = get_logger(__name__)
-_ACCOUNTANTS: Final[tuple[str, ...]] = get_args(Accountant)
-_NAME = re.compile(DNS_NAME)
-_SCHEMA_PREFIX: Final = "fedge.ledger/v"
-
-
-# --------------------------------------------------------------------------------------------
-# Values
-
-
-def _is_number(value: object) -> TypeGuard[int | float]:
-    # bool is an int to Python, but ``true`` is never a noise multiplier.
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_count(value: object, minimum: int) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def _is_name(value: object) -> TypeGuard[str]:
-    return isinstance(value, str) and _NAME.match(value) is not None
-
-
-_Rule = tuple[Callable[[Any], bool], str]
-# The same rules guard arguments and stored fields, so a file can hold only what record() wrote.
-_NOISE: Final[_Rule] = (lambda v: _is_number(v) and 0 < v < math.inf, "a positive finite number")
-_RATE: Final[_Rule] = (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]")
-_STEPS: Final[_Rule] = (lambda v: _is_count(v, 1), "a positive integer")
-_ROUND: Final[_Rule] = (lambda v: _is_count(v, 0), "a non-negative integer")
-_RUN_ID: Final[_Rule] = (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
-_NAME_RULE: Final[_Rule] = (_is_name, "lowercase letters, digits, '-' and '.' (a metadata.name)")
-_CHARGE_RULES: Final[dict[str, _Rule]] = {
-    "federation": _NAME_RULE,
-    "runId": _RUN_ID,
-    "round": _ROUND,
-    "noiseMultiplier": _NOISE,
-    "sampleRate": _RATE,
-    "steps": _STEPS,
-    "epsilonAfter": (lambda v: _is_number(v) and 0 <= v < math.inf, "a finite number >= 0"),
-    "targetEpsilon": _NOISE,
-    "recordedAt": (lambda v: isinstance(v, str), "a string"),
-}
-_LEDGER_RULES: Final[dict[str, _Rule]] = {
-    "schema": (lambda v: v == LEDGER_SCHEMA, repr(LEDGER_SCHEMA)),
-    "budgetKey": _NAME_RULE,
-    "accountant": (lambda v: v in _ACCOUNTANTS, f"one of {', '.join(_ACCOUNTANTS)}"),
-    "delta": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
-    "charges": (lambda v: isinstance(v, list), "a list"),
-}
-
-
-def _check_fields(data: Mapping[str, Any], rules: Mapping[str, _Rule]) -> None:
-    """Raise ``ValueError('field: problem')`` for the first unknown, missing or bad field."""
-    unknown = sorted(set(data) - set(rules))
-    if unknown:
-        raise ValueError(f"{unknown[0]}: unknown field")
-    for name, (ok, expected) in rules.items():
-        if name not in data:
-            raise ValueError(f"{name}: missing")
-        if not ok(data[name]):
-            raise ValueError(f"{name}: must be {expected} (got {data[name]!r})")
-
-
-def _check_argument(name: str, value: object, rule: _Rule, hint: str = "") -> None:
-    ok, expected = rule
-    if not ok(value):
-        raise UsageError(f"{name} must be {expected} (got {value!r}){hint}")
-
-
-def _check_mechanism(noise_multiplier: float, sample_rate: float, steps: int) -> Mechanism:
-    """Refuse a mechanism Opacus cannot price, before it reaches Opacus (or hangs in it)."""
-    _check_argument(
-        "noise_multiplier",
-        noise_multiplier,
-        _NOISE,
-        "; a round without noise has no privacy guarantee",
-    )
-    _check_argument("sample_rate", sample_rate, _RATE)
-    _check_argument("steps", steps, _STEPS)
-    return (float(noise_multiplier), float(sample_rate), steps)
-
-
-def _check_round(round: int, run_id: str) -> tuple[int, str]:
-    _check_argument("round", round, _ROUND)
-    _check_argument("run_id", run_id, _RUN_ID)
-    return round, run_id
-
-
-def _check_name(value: str, *, what: str) -> str:
-    # Budget keys become file names; the policy's DNS-style names are safe on every system.
-    _check_argument(what, value, _NAME_RULE)
-    return value
-
-
-def _now() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-@dataclass(frozen=True, slots=True)
-class PrivacyBudget:
-    """What a data holder agreed to spend: the policy's ``spec.privacy`` without the training knobs.
-
-    ``delta`` and ``accountant`` are the units epsilon is measured in; ``target_epsilon`` is the
-    ceiling no round may cross.
-    """
-
-    target_epsilon: float
-    delta: float
-    accountant: Accountant = "rdp"
-
-    def __post_init__(self) -> None:
-        _check_argument("target_epsilon", self.target_epsilon, _NOISE)
-        _check_argument("delta", self.delta, _LEDGER_RULES["delta"])
-        _check_argument("accountant", self.accountant, _LEDGER_RULES["accountant"])
-        object.__setattr__(self, "target_epsilon", float(self.target_epsilon))
-        object.__setattr__(self, "delta", float(self.delta))
-
-    @classmethod
-    def from_policy(cls, privacy: PrivacySpec) -> PrivacyBudget:
-        """The budget of a FederationPolicy's ``spec.privacy`` (the holder's own copy of it)."""
-        return cls(
-            target_epsilon=privacy.target_epsilon,
-            delta=privacy.delta,
-            accountant=privacy.accountant,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class RoundCharge:
-    """One round this data holder took part in, as recorded in its ledger.
-
-    ``epsilon_after`` is the total for the whole ledger right after this round, as Opacus computed
-    it when the round was recorded; ``target_epsilon`` is the budget it was checked against.
-    """
-
-    federation: str
-    run_id: str
-    round: int
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    epsilon_after: float
-    target_epsilon: float
-    recorded_at: str = field(default_factory=_now)
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        """What makes a retry the same round: (federation, run id, round)."""
-        return (self.federation, self.run_id, self.round)
-
-    @property
-    def mechanism(self) -> Mechanism:
-        """The entry Opacus's accountant history would hold for this round."""
-        return (self.noise_multiplier, self.sample_rate, self.steps)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "federation": self.federation,
-            "runId": self.run_id,
-            "round": self.round,
-            "noiseMultiplier": self.noise_multiplier,
-            "sampleRate": self.sample_rate,
-            "steps": self.steps,
-            "epsilonAfter": self.epsilon_after,
-            "targetEpsilon": self.target_epsilon,
-            "recordedAt": self.recorded_at,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RoundCharge:
-        """Parse one stored charge; raises ``ValueError`` naming the field, for the loader."""
-        _check_fields(data, _CHARGE_RULES)
-        return cls(
-            federation=data["federation"],
-            run_id=data["runId"],
-            round=data["round"],
-            noise_multiplier=float(data["noiseMultiplier"]),
-            sample_rate=float(data["sampleRate"]),
-            steps=data["steps"],
-            epsilon_after=float(data["epsilonAfter"]),
-            target_epsilon=float(data["targetEpsilon"]),
-            recorded_at=data["recordedAt"],
-        )
 
 
 class RoundSummary(TypedDict):
@@ -300,245 +93,6 @@ class LedgerSummary(TypedDict):
 
 
 # --------------------------------------------------------------------------------------------
-# Pure math over Opacus
-
-
-def opacus_history(mechanisms: Iterable[Mechanism]) -> list[Mechanism]:
-    """Merge consecutive equal (noise, rate) entries exactly as ``IAccountant.step`` does.
-
-    Without the merge, PRV would discretise a different composition than the accountant that
-    watched the training steps, and report a (slightly) different epsilon.
-    """
-    merged: list[Mechanism] = []
-    for noise, rate, steps in mechanisms:
-        if merged and merged[-1][0] == noise and merged[-1][1] == rate:
-            merged[-1] = (noise, rate, merged[-1][2] + steps)
-        else:
-            merged.append((noise, rate, steps))
-    return merged
-
-
-def epsilon_for(history: Iterable[Mechanism], *, delta: float, accountant: Accountant) -> float:
-    """Epsilon that Opacus's ``accountant`` reports for ``history`` at ``delta``.
-
-    An Opacus accountant is built, given the (merged) history and asked ``get_epsilon(delta)``
-    with its defaults, so this is Opacus's figure and not a re-derivation of it. RDP costs a few
-    milliseconds per distinct (noise, rate) entry; PRV convolves numerically and grows with the
-    total number of steps and as the noise shrinks (seconds for thousands of steps at noise
-    below about 0.3), which is why results are cached.
-    """
-    _check_argument("accountant", accountant, _LEDGER_RULES["accountant"])
-    _check_argument("delta", delta, _LEDGER_RULES["delta"])
-    checked = tuple(_check_mechanism(*entry) for entry in history)
-    return _epsilon(tuple(opacus_history(checked)), float(delta), accountant)
-
-
-@functools.lru_cache(maxsize=256)
-def _epsilon(history: tuple[Mechanism, ...], delta: float, accountant: str) -> float:
-    # Cached because check(), record() and spent() price the same history in turn, and PRV takes
-    # tenths of a second per call. Opacus itself is imported here, not at module import, so that
-    # reading a ledger's summary does not load torch.
-    if not history:
-        return 0.0
-    from opacus.accountants import create_accountant
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            if accountant == "rdp":
-                epsilon = _rdp_epsilon(history, delta)
-            else:
-                opacus_accountant = create_accountant(mechanism=accountant)
-                opacus_accountant.history = list(history)
-                epsilon = float(opacus_accountant.get_epsilon(delta=delta))
-        except (ArithmeticError, ValueError, RuntimeError, IndexError) as exc:
-            raise FederationError(
-                f"the {accountant} accountant cannot price this history ({exc}); "
-                "the round is refused"
-            ) from exc
-    for warning in caught:
-        # Opacus warns that an RDP bound could be tighter; the bound stays valid (conservative).
-        _log.debug("opacus (%s accountant): %s", accountant, warning.message)
-    if math.isnan(epsilon) or epsilon < 0:
-        raise FederationError(f"the {accountant} accountant returned epsilon {epsilon}")
-    return epsilon
-
-
-def _rdp_epsilon(history: tuple[Mechanism, ...], delta: float) -> float:
-    """``RDPAccountant.get_epsilon`` for ``history``, with the per-step RDP curves cached.
-
-    Opacus computes ``compute_rdp(q, sigma, steps, orders)`` as one per-step curve times
-    ``steps``, and that curve (about 150 orders, a series per fractional order) is nearly all
-    of the cost: a few tenths of a second. Every pricing of a round (the plan, the check, the
-    quote, the record) repeats it with a different step count. Keeping the curve per
-    ``(sigma, q)`` and summing ``curve * steps`` in Opacus's own order gives the accountant's
-    value bit for bit at a fraction of the cost; a warm ClientApp (client/node/warm.py) computes the
-    curves once before it forks, so the rounds it serves inherit them.
-    """
-    from opacus.accountants import RDPAccountant
-    from opacus.accountants.analysis import rdp as privacy_analysis
-
-    rdp = sum([_rdp_curve(noise, rate) * steps for noise, rate, steps in history])
-    eps, _ = privacy_analysis.get_privacy_spent(
-        orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta
-    )
-    return float(eps)
-
-
-@functools.lru_cache(maxsize=1024)
-def _rdp_curve(noise_multiplier: float, sample_rate: float) -> Any:
-    from opacus.accountants import RDPAccountant
-    from opacus.accountants.analysis import rdp as privacy_analysis
-
-    return privacy_analysis.compute_rdp(
-        q=sample_rate,
-        noise_multiplier=noise_multiplier,
-        steps=1,
-        orders=RDPAccountant.DEFAULT_ALPHAS,
-    )
-
-
-def noise_for_budget(
-    *,
-    target_epsilon: float,
-    delta: float,
-    sample_rate: float,
-    steps_per_round: int,
-    rounds: int,
-    accountant: Accountant = "rdp",
-    history: Sequence[Mechanism] = (),
-    epsilon_tolerance: float = 0.01,
-) -> float:
-    """The smallest noise multiplier (within tolerance) that fits ``rounds`` more rounds.
-
-    The search is the one in ``opacus.accountants.utils.get_noise_multiplier`` (same bounds, same
-    bisection), but it prices ``history`` plus the planned rounds as the ledger will, so every
-    planned round passes :meth:`PrivacyLedger.check`. With no history it returns exactly what
-    ``get_noise_multiplier(steps=rounds * steps_per_round)`` returns.
-    """
-    budget = PrivacyBudget(target_epsilon=target_epsilon, delta=delta, accountant=accountant)
-    _check_argument("rounds", rounds, _STEPS)
-    _check_argument("sample_rate", sample_rate, _RATE)
-    _check_argument("steps_per_round", steps_per_round, _STEPS)
-    _check_argument("epsilon_tolerance", epsilon_tolerance, _NOISE)
-    past = list(history)
-
-    def price(sigma: float) -> float:
-        planned = [(sigma, float(sample_rate), steps_per_round)] * rounds
-        return epsilon_for(past + planned, delta=budget.delta, accountant=budget.accountant)
-
-    if past:
-        spent = epsilon_for(past, delta=budget.delta, accountant=budget.accountant)
-        if spent >= budget.target_epsilon:
-            # More rounds only add epsilon: say so now, not after a search up to the noise cap.
-            raise UsageError(
-                f"epsilon {spent:.4g} is already spent of a budget of {budget.target_epsilon:g} "
-                f"(delta {budget.delta:g}); no further round fits"
-            )
-    if past and past[-1][1:] == (float(sample_rate), steps_per_round):
-        # A run that keeps its plan asks the same question every round: the noise chosen last
-        # round still answers it, and one pricing replaces a dozen in the search below.
-        sigma = past[-1][0]
-        eps = price(sigma)
-        if eps <= budget.target_epsilon and budget.target_epsilon - eps <= epsilon_tolerance:
-            return sigma
-    sigma_low, sigma_high, eps_high = 0.0, 10.0, math.inf
-    while eps_high > budget.target_epsilon:
-        sigma_high *= 2
-        eps_high = price(sigma_high)
-        if sigma_high > MAX_NOISE_MULTIPLIER:
-            spent = epsilon_for(past, delta=budget.delta, accountant=budget.accountant)
-            raise UsageError(
-                f"no noise multiplier up to {MAX_NOISE_MULTIPLIER:g} keeps {rounds} round(s) of "
-                f"{steps_per_round} steps at sample rate {sample_rate:g} within epsilon "
-                f"{budget.target_epsilon:g} (delta {budget.delta:g}, already spent {spent:.4g})"
-            )
-    while budget.target_epsilon - eps_high > epsilon_tolerance:
-        sigma = (sigma_low + sigma_high) / 2
-        eps = price(sigma)
-        if eps < budget.target_epsilon:
-            sigma_high, eps_high = sigma, eps
-        else:
-            sigma_low = sigma
-    return sigma_high
-
-
-# --------------------------------------------------------------------------------------------
-# The file
-
-
-def ledger_path(state_dir: str | os.PathLike[str], budget_key: str) -> Path:
-    """Where the ledger of ``budget_key`` lives in a data holder's state directory."""
-    return Path(state_dir) / LEDGER_DIR / f"{_check_name(budget_key, what='budget key')}.json"
-
-
-@dataclass(frozen=True, slots=True)
-class _State:
-    budget_key: str
-    accountant: Accountant
-    delta: float
-    charges: tuple[RoundCharge, ...] = ()
-
-    def find(self, key: tuple[str, str, int]) -> RoundCharge | None:
-        return next((charge for charge in self.charges if charge.key == key), None)
-
-    def history(self) -> list[Mechanism]:
-        return [charge.mechanism for charge in self.charges]
-
-    def to_text(self) -> str:
-        doc = {
-            "schema": LEDGER_SCHEMA,
-            "budgetKey": self.budget_key,
-            "accountant": self.accountant,
-            "delta": self.delta,
-            "charges": [charge.to_dict() for charge in self.charges],
-        }
-        return json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
-
-
-def _parse(data: bytes) -> _State:
-    """Parse and validate a ledger file; ``ValueError`` says what is wrong, for the caller."""
-    try:
-        doc = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
-    except UnicodeDecodeError as exc:
-        raise ValueError("not UTF-8 text") from exc
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-    if not isinstance(doc, dict):
-        raise ValueError("not a privacy ledger (expected a JSON object)")
-    schema = doc.get("schema")
-    if schema != LEDGER_SCHEMA:
-        if isinstance(schema, str) and schema.startswith(_SCHEMA_PREFIX):
-            raise ValueError(
-                f"written by another fedge version (schema {schema!r}, "
-                f"this one reads {LEDGER_SCHEMA!r})"
-            )
-        raise ValueError(f"not a privacy ledger (schema {schema!r}, expected {LEDGER_SCHEMA!r})")
-    _check_fields(doc, _LEDGER_RULES)
-    charges: list[RoundCharge] = []
-    seen: set[tuple[str, str, int]] = set()
-    for index, entry in enumerate(doc["charges"]):
-        if not isinstance(entry, dict):
-            raise ValueError(f"charges[{index}]: must be an object")
-        try:
-            charge = RoundCharge.from_dict(entry)
-        except ValueError as exc:
-            raise ValueError(f"charges[{index}].{exc}") from exc
-        if charge.key in seen:
-            raise ValueError(
-                f"charges[{index}]: round {charge.round} of run {charge.run_id!r} "
-                f"({charge.federation}) is charged twice"
-            )
-        seen.add(charge.key)
-        charges.append(charge)
-    return _State(doc["budgetKey"], doc["accountant"], float(doc["delta"]), tuple(charges))
-
-
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a number a ledger can hold")
-
-
-# --------------------------------------------------------------------------------------------
 # The stateful ledger
 
 
@@ -559,8 +113,8 @@ class PrivacyLedger:
         budget_key: str | None = None,
     ) -> None:
         self._path = Path(path)
-        self._federation = _check_name(federation, what="federation")
-        self._budget_key = _check_name(
+        self._federation = check_name(federation, what="federation")
+        self._budget_key = check_name(
             federation if budget_key is None else budget_key, what="budget key"
         )
         self._budget = budget
@@ -622,12 +176,12 @@ class PrivacyLedger:
 
     def quote(self, *, noise_multiplier: float, sample_rate: float, steps: int) -> float:
         """The total epsilon after one more such round; records nothing."""
-        mechanism = _check_mechanism(noise_multiplier, sample_rate, steps)
+        mechanism = check_mechanism(noise_multiplier, sample_rate, steps)
         return self._price([*self._load().history(), mechanism])
 
     def charged(self, *, round: int, run_id: str) -> RoundCharge | None:
         """The charge already recorded for this federation's ``round`` of ``run_id``, if any."""
-        round_, run = _check_round(round, run_id)
+        round_, run = check_round(round, run_id)
         return self._load().find((self._federation, run, round_))
 
     def check(
@@ -648,8 +202,8 @@ class PrivacyLedger:
             BudgetExceededError: the round would take the total past the target epsilon.
             FederationError: the round was already recorded with other parameters.
         """
-        mechanism = _check_mechanism(noise_multiplier, sample_rate, steps)
-        round_, run = _check_round(round, run_id)
+        mechanism = check_mechanism(noise_multiplier, sample_rate, steps)
+        round_, run = check_round(round, run_id)
         state = self._load()
         existing = state.find((self._federation, run, round_))
         if existing is not None:
@@ -712,8 +266,8 @@ class PrivacyLedger:
             FederationError: the round was recorded before with other parameters, or the file
                 could not be written (the round must then not be sent).
         """
-        mechanism = _check_mechanism(noise_multiplier, sample_rate, steps)
-        round_, run = _check_round(round, run_id)
+        mechanism = check_mechanism(noise_multiplier, sample_rate, steps)
+        round_, run = check_round(round, run_id)
         with self._locked():
             state = self._load(force=True)
             existing = state.find((self._federation, run, round_))
@@ -731,7 +285,7 @@ class PrivacyLedger:
                 epsilon_after=after,
                 target_epsilon=self._budget.target_epsilon,
             )
-            new_state = _State(
+            new_state = LedgerState(
                 self._budget_key,
                 self._budget.accountant,
                 self._budget.delta,
@@ -757,14 +311,14 @@ class PrivacyLedger:
 
     # --- internals -----------------------------------------------------------------------
 
-    def _empty(self) -> _State:
-        return _State(self._budget_key, self._budget.accountant, self._budget.delta)
+    def _empty(self) -> LedgerState:
+        return LedgerState(self._budget_key, self._budget.accountant, self._budget.delta)
 
     def _price(self, history: Sequence[Mechanism]) -> float:
         return epsilon_for(history, delta=self._budget.delta, accountant=self._budget.accountant)
 
     def _affordable(
-        self, state: _State, mechanism: Mechanism, *, round: int
+        self, state: LedgerState, mechanism: Mechanism, *, round: int
     ) -> tuple[float, float]:
         """(spent, total after) for one more round, or the refusal."""
         history = state.history()
@@ -809,7 +363,7 @@ class PrivacyLedger:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def _load(self, *, force: bool = False) -> _State:
+    def _load(self, *, force: bool = False) -> LedgerState:
         """Read the file if it changed; raise a clear error rather than ever start from zero."""
         try:
             info = self._path.stat()
@@ -832,7 +386,7 @@ class PrivacyLedger:
         if not force and stamp == self._stamp:
             return self._state
         try:
-            state = _parse(self._path.read_bytes())
+            state = parse_ledger(self._path.read_bytes())
         except OSError as exc:
             raise UsageError(
                 f"{self._path}: cannot read the privacy ledger ({exc.strerror or exc})"
@@ -846,7 +400,7 @@ class PrivacyLedger:
         self._state, self._stamp, self._seen = state, stamp, state.charges
         return state
 
-    def _check_belongs(self, state: _State) -> None:
+    def _check_belongs(self, state: LedgerState) -> None:
         if state.budget_key != self._budget_key:
             raise UsageError(
                 f"{self._path}: this ledger keeps the budget {state.budget_key!r}, not "

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 from client.contract.labelled import LabelledData
 from client.contract.model import build_for_policy, get_trainable, set_trainable
-from client.privacy.ledger import noise_for_budget
+from client.privacy.accounting import noise_for_budget
 from client.training.loop import (
     RoundPlan,
     evaluate,

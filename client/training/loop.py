@@ -21,8 +21,9 @@ from torch.utils.data import TensorDataset
 from transformers import PreTrainedTokenizerBase
 
 from client.contract.model import TrainableModel
-from client.privacy.ledger import Accountant, Mechanism, noise_for_budget
+from client.privacy.accounting import Mechanism, noise_for_budget
 from fedge.errors import UsageError
+from policies.federation import Accountant
 
 __all__ = [
     "EvalResult",

@@ -4,14 +4,13 @@ An edge device gets these and nothing else: it downloads ``manifest.sig`` and ``
 verifies the signature against its trusted keys, then fetches and hashes each listed file, with
 plain HTTP(S) and no cloud credentials. S3 URLs are SigV4 query-signed (:mod:`.sigv4`), Azure
 URLs carry a read-only service SAS for the one blob (:mod:`.sas`), local replicas are ``file://``
-URLs (see :mod:`.local`). Signing needs the credentials but no network call.
+URLs (see :mod:`.local`). Signing needs the credentials but no network call. The shape of each
+entry is :class:`fedge.replica_urls.ReplicaURLs`, the one the edge agent reads.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from cloud_adapters.placement import layout
 from cloud_adapters.placement.state import PlacementState
@@ -19,33 +18,10 @@ from cloud_adapters.stores.factory import StoreFactory
 from cloud_adapters.stores.sigv4 import MAX_EXPIRES_S
 from fedge.errors import UsageError
 from fedge.manifest import MANIFEST_NAME, SIGNATURE_NAME
+from fedge.replica_urls import ReplicaURLs
 from policies.documents import CloudInventory
 
-__all__ = ["ReplicaURLs", "replica_urls"]
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaURLs:
-    target: str
-    provider: str
-    region: str
-    residency: str
-    expires: str | None  # ISO time; None for file:// URLs, which cannot expire
-    manifest: str
-    signature: str
-    files: dict[str, str]  # artifact-relative path -> URL
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "provider": self.provider,
-            "region": self.region,
-            "residency": self.residency,
-            "expires": self.expires,
-            "manifest": self.manifest,
-            "signature": self.signature,
-            "files": dict(sorted(self.files.items())),
-        }
+__all__ = ["replica_urls"]
 
 
 def replica_urls(

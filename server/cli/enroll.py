@@ -21,10 +21,10 @@ from fedge.cli import out
 from fedge.errors import UsageError
 
 if TYPE_CHECKING:
-    from server.enrollment.registry import IssuedToken
+    from server.enrollment.rules import IssuedToken
     from server.enrollment.service import SuperLinkControl
 
-__all__ = ["enroll_app"]
+__all__ = ["enroll_app", "register"]
 
 enroll_app = typer.Typer(
     help="Enroll data holders: one-time tokens, the enrollment endpoint, revocation.",
@@ -79,7 +79,7 @@ def _control(workdir: Path, superlink: str | None, ca: Path | None) -> SuperLink
 
 
 def _show_token(issued: IssuedToken, coordinator: str | None) -> None:
-    from server.enrollment.registry import format_time
+    from server.enrollment.rules import format_time
 
     out.print(
         f"{issued.purpose} token for {issued.name}, valid once until "
@@ -107,9 +107,11 @@ def token(
     ] = None,
 ) -> None:
     """Issue a one-time, expiring enrollment token for a data holder (pending until used)."""
-    from server.enrollment.registry import Registry, ca_fingerprint, parse_duration
+    from fedge.enroll_token import ca_fingerprint
+    from server.enrollment.registry import Registry
+    from server.enrollment.rules import parse_expires
 
-    ttl = parse_duration(expires)
+    ttl = parse_expires(expires)
     issued = Registry.in_workdir(workdir).issue_token(
         name, ttl=ttl, ca_sha256=ca_fingerprint(_read_ca(ca)), actor=_actor()
     )
@@ -130,9 +132,11 @@ def rotate(
 ) -> None:
     """Issue a token that replaces an active holder's key; its old key is unregistered once
     the holder enrolls the new one."""
-    from server.enrollment.registry import Registry, ca_fingerprint, parse_duration
+    from fedge.enroll_token import ca_fingerprint
+    from server.enrollment.registry import Registry
+    from server.enrollment.rules import parse_expires
 
-    ttl = parse_duration(expires)
+    ttl = parse_expires(expires)
     issued = Registry.in_workdir(workdir).issue_token(
         name, ttl=ttl, ca_sha256=ca_fingerprint(_read_ca(ca)), actor=_actor(), purpose="rotate"
     )
@@ -147,7 +151,8 @@ def list_holders(
     ca: OptionalCaOption = None,
 ) -> None:
     """List data holders; with --superlink also each node's status at the SuperLink."""
-    from server.enrollment.registry import Registry, format_time
+    from server.enrollment.registry import Registry
+    from server.enrollment.rules import format_time
 
     holders = Registry.in_workdir(workdir).holders()
     control = _control(workdir, superlink, ca)
@@ -201,7 +206,8 @@ def audit(
     limit: Annotated[int, typer.Option("--limit", min=1, help="The newest N entries.")] = 50,
 ) -> None:
     """Print the audit log: every change to the registry, and who made it."""
-    from server.enrollment.registry import Registry, format_time
+    from server.enrollment.registry import Registry
+    from server.enrollment.rules import format_time
 
     entries = Registry.in_workdir(workdir).audit(subject=name, limit=limit)
     for entry in entries:  # one line per entry, so that the log greps and diffs well
@@ -287,3 +293,7 @@ def serve(
     with server:
         out.print(f"enrollment endpoint https://{server.address} (Ctrl-C to stop)")
         server.wait()
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(enroll_app, name="enroll")

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from fedge.cli import out
 from fedge.errors import UsageError
+from server.cli.labels import parse_labels
 
 if TYPE_CHECKING:
     from policies import FederationPolicy
@@ -21,27 +22,12 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 
-def _labels(values: list[str]) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for value in values:
-        key, sep, val = value.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--label {value!r}: expected KEY=VALUE")
-        labels[key] = val
-    return labels
-
-
 def _policy(path: Path) -> FederationPolicy:
-    from policies import FederationPolicy, check_files
+    from policies import FederationPolicy, check_files, the_one
 
     if not path.is_file():
         raise UsageError(f"--policy {path}: file does not exist")
-    report = check_files([path])
-    report.raise_for_problems()
-    docs = [d.document for d in report.documents if isinstance(d.document, FederationPolicy)]
-    if len(docs) != 1:
-        raise UsageError(f"--policy {path}: expected one FederationPolicy, found {len(docs)}")
-    return docs[0]
+    return the_one(check_files([path]), FederationPolicy, source=f"--policy {path}")
 
 
 def _quiet() -> None:
@@ -124,18 +110,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Export the run's model: LoRA merged, ONNX int8, evaluated, signed."""
         from fedge.signing import load_private_key
-        from server.export.build import (
-            Quantization,
-            check_output,
-            export_artifact,
-            load_checkpoint,
-            read_heldout,
-        )
+        from server.export.build import export_artifact
+        from server.export.folder import check_output
+        from server.export.heldout import read_heldout
+        from server.export.provenance import load_checkpoint
+        from server.export.quantize import Quantization
 
         if quantization not in ("dynamic", "static"):
             raise UsageError(f"--quantization {quantization!r}: expected dynamic or static")
         mode: Literal["dynamic", "static"] = "static" if quantization == "static" else "dynamic"
-        extra = _labels(label or [])
+        extra = parse_labels(label or [])
         doc = _policy(policy)
         keypair = load_private_key(key)
         check_output(output, force=force)

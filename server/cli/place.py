@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from fedge.manifest import Manifest
     from policies.documents import CloudInventory, PlacementPolicy
 
-__all__ = ["place_app"]
+__all__ = ["place_app", "register"]
 
 place_app = typer.Typer(
     help="Place signed artifacts on clouds by policy: plan, apply, status, urls.",
@@ -302,7 +302,8 @@ def urls(
     from cloud_adapters.placement.state import PlacementState
     from cloud_adapters.placement.urls import replica_urls
     from fedge.atomic import atomic_write_text
-    from policies.common import parse_duration
+    from fedge.durations import parse_duration
+    from fedge.replica_urls import urls_document
 
     try:
         seconds = int(parse_duration(expires))
@@ -321,11 +322,7 @@ def urls(
             open_store=_factory(inventory, _retry(1, 30.0)),
             expires_s=seconds,
         )
-    document = {
-        "artifact": manifest.name,
-        "version": manifest.version,
-        "replicas": [entry.to_dict() for entry in found],
-    }
+    document = urls_document(manifest.name, manifest.version, found)
     text = json.dumps(document, indent=2) + "\n"
     if output is None:
         out.print(text, end="", markup=False)
@@ -336,3 +333,7 @@ def urls(
         from cloud_adapters.stores.errors import PlacementError
 
         raise PlacementError(f"{manifest.name} {manifest.version}: no intact replica to share")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(place_app, name="place")

@@ -11,28 +11,24 @@ are random, written to 0600 files for the accounts that need them, never logged.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import os
 import pwd
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
 from fedge.atomic import atomic_write_text
 from fedge.errors import EdgeError
+from fedge.process import LOOPBACK, ManagedProcess
 from fedge.tls import CertPaths
 
 __all__ = ["OPERATOR", "LocalBroker", "free_port", "mosquitto_binary", "password_line"]
 
 OPERATOR = "operator"
-LOOPBACK = "127.0.0.1"
 
 
 def mosquitto_binary() -> str:
@@ -74,7 +70,7 @@ class LocalBroker:
         self.folder = folder
         self.certs = certs
         self.port = port or free_port()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: ManagedProcess | None = None
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "data").mkdir(exist_ok=True)
         self.passwords = {OPERATOR: secrets.token_urlsafe(16)}
@@ -113,35 +109,20 @@ class LocalBroker:
         return self.folder / "secrets" / f"{user}.password"
 
     def start(self, *, timeout: float = 20.0) -> LocalBroker:
-        stderr = (self.folder / "stderr.log").open("ab")
-        self.process = subprocess.Popen(
+        self.process = ManagedProcess(
             [mosquitto_binary(), "-c", str(self.folder / "mosquitto.conf")],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,
-        )
-        stderr.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                log = (self.folder / "stderr.log").read_text(errors="replace")[-500:]
-                raise EdgeError(f"mosquitto exited at start: {log.strip()}")
-            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, self.port), 0.2):
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise EdgeError(f"mosquitto did not listen on {LOOPBACK}:{self.port} in {timeout:g} s")
+            log_path=self.folder / "stderr.log",
+            name="mosquitto",
+            error=EdgeError,
+        ).start()
+        self.process.wait_for_port(self.port, timeout=timeout)
+        return self
 
     def stop(self) -> None:
+        """SIGTERM: mosquitto saves its persistence file and exits (SIGKILL after 10 s)."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        if process is not None:
+            process.stop()
 
     def __enter__(self) -> LocalBroker:
         return self.start()

@@ -7,384 +7,58 @@ registry is fedge's side of that: one SQLite file in the coordinator's work dire
 * **holders**: a name, a state (``pending`` until its key is registered, ``active``, ``revoked``
   for good), the OpenSSH public key and its ``SHA256:`` fingerprint (what ``ssh-keygen -lf``
   prints), and the node id the SuperLink gave that key;
-* **tokens**: one-time, expiring enrollment tokens. Only the SHA-256 of each token's 256-bit
-  secret is stored, so a copy of the file lets nobody enroll;
+* **tokens**: one-time, expiring enrollment tokens (their format is fedge/enroll_token.py). Only
+  the SHA-256 of each token's 256-bit secret is stored, so a copy of the file lets nobody enroll;
 * **audit**: an append-only log (SQLite triggers refuse to change or delete a row) of every
   change, with who made it.
 
-A token is ``fedge1.<secret>.<ca sha256>``: the last part pins the federation's CA certificate,
-so a data holder who got the token out of band can tell the real coordinator from an impostor on
-first contact (kubeadm's ``--discovery-token-ca-cert-hash`` works the same way). The decisions
-(may this token be redeemed, may this name get a token) are pure functions of the rows and the
-time; :class:`Registry` is the thin I/O around them. Writes run in ``BEGIN IMMEDIATE``
-transactions, so two requests racing with one token cannot both win, and the ``fedge enroll``
-commands may change the file while the enrollment service runs (WAL mode).
+The decisions (may this token be redeemed, may this name get a token) are the pure functions of
+server/enrollment/rules.py; :class:`Registry` is the thin I/O around them. Writes run in ``BEGIN
+IMMEDIATE`` transactions, so two requests racing with one token cannot both win, and the ``fedge
+enroll`` commands may change the file while the enrollment service runs (WAL mode).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import datetime
-import hashlib
 import os
-import re
-import secrets
 import sqlite3
-import struct
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from fedge.enroll_token import format_token, is_ca_sha256, new_secret
 from fedge.errors import UsageError
 from fedge.logs import get_logger
+from server.enrollment.errors import (
+    DuplicateKeyError,
+    EnrollmentError,
+    RevokedHolderError,
+    UnknownHolderError,
+    UnknownTokenError,
+)
+from server.enrollment.rules import (
+    MAX_TTL,
+    AuditEntry,
+    Claim,
+    Holder,
+    IssuedToken,
+    NodePublicKey,
+    Purpose,
+    TokenRecord,
+    check_claimable,
+    check_issuable,
+    format_time,
+    hash_secret,
+    validate_name,
+)
 
-__all__ = [
-    "DB_FILE",
-    "TOKEN_PREFIX",
-    "AuditEntry",
-    "Claim",
-    "DuplicateKeyError",
-    "DuplicateNameError",
-    "EnrollmentError",
-    "ExpiredTokenError",
-    "Holder",
-    "IssuedToken",
-    "MalformedTokenError",
-    "NodePublicKey",
-    "Registry",
-    "ReusedTokenError",
-    "RevokedHolderError",
-    "SupersededTokenError",
-    "TokenError",
-    "TokenRecord",
-    "UnknownHolderError",
-    "UnknownTokenError",
-    "ca_fingerprint",
-    "check_claimable",
-    "check_issuable",
-    "format_time",
-    "format_token",
-    "hash_secret",
-    "parse_duration",
-    "parse_node_public_key",
-    "parse_token",
-    "validate_name",
-]
+__all__ = ["DB_FILE", "SCHEMA_VERSION", "Registry"]
 
 log = get_logger(__name__)
 
 DB_FILE = "enrollment.sqlite"
-TOKEN_PREFIX = "fedge1"  # noqa: S105 - a format tag, not a secret
 SCHEMA_VERSION = 1
-MAX_TTL = 30 * 86400.0
-
-State = Literal["pending", "active", "revoked"]
-Purpose = Literal["enroll", "rotate"]
-
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_SECRET = re.compile(r"[A-Za-z0-9_-]{43}")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-# OpenSSH ECDSA key types and the length of their uncompressed point (0x04 || X || Y).
-_CURVES = {
-    "ecdsa-sha2-nistp256": ("nistp256", 65),
-    "ecdsa-sha2-nistp384": ("nistp384", 97),
-    "ecdsa-sha2-nistp521": ("nistp521", 133),
-}
-
-
-# ----------------------------------------------------------------------------------- errors
-
-
-class EnrollmentError(UsageError):
-    """Enrollment was refused; fixing the input (a new token, another name) fixes it.
-
-    ``reason`` is a short code for the wire (the enrollment service's JSON answer) and the
-    audit log.
-    """
-
-    reason = "refused"
-
-
-class TokenError(EnrollmentError):
-    """An enrollment token cannot be redeemed."""
-
-    reason = "token"
-
-
-class MalformedTokenError(TokenError):
-    reason = "malformed-token"
-
-
-class UnknownTokenError(TokenError):
-    reason = "unknown-token"
-
-
-class ExpiredTokenError(TokenError):
-    reason = "expired-token"
-
-
-class ReusedTokenError(TokenError):
-    reason = "reused-token"
-
-
-class SupersededTokenError(TokenError):
-    reason = "superseded-token"
-
-
-class RevokedHolderError(EnrollmentError):
-    reason = "revoked"
-
-
-class DuplicateNameError(EnrollmentError):
-    reason = "duplicate-name"
-
-
-class DuplicateKeyError(EnrollmentError):
-    reason = "duplicate-key"
-
-
-class UnknownHolderError(EnrollmentError):
-    reason = "unknown-holder"
-
-
-# ----------------------------------------------------------------------------------- values
-
-
-@dataclass(frozen=True)
-class Holder:
-    """One data holder as the registry knows it."""
-
-    name: str
-    state: State
-    public_key: str | None
-    fingerprint: str | None
-    node_id: int | None
-    created_at: float
-    updated_at: float
-
-
-@dataclass(frozen=True)
-class TokenRecord:
-    """A stored token: its hash, never the token."""
-
-    token_hash: str
-    name: str
-    purpose: Purpose
-    created_at: float
-    expires_at: float
-    used_at: float | None
-    superseded_at: float | None
-
-
-@dataclass(frozen=True)
-class IssuedToken:
-    """What the operator hands to the data holder: ``token`` is shown once and never stored."""
-
-    token: str
-    name: str
-    purpose: Purpose
-    expires_at: float
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A token redeemed but not yet final: the key is being registered with the SuperLink."""
-
-    token_hash: str
-    name: str
-    purpose: Purpose
-    previous_node_id: int | None
-    previous_fingerprint: str | None
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    seq: int
-    at: float
-    actor: str
-    action: str
-    subject: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class NodePublicKey:
-    """A SuperNode's EC public key in the one-line OpenSSH form ``flwr supernode register``
-    reads (``ecdsa-sha2-nistp384 AAAA...``), with its ``SHA256:`` fingerprint."""
-
-    openssh: str
-    fingerprint: str
-    curve: str
-
-
-# ----------------------------------------------------------------------------- pure helpers
-
-
-def format_time(epoch: float) -> str:
-    """``2026-01-31 14:05 UTC``: what error messages and listings show."""
-    moment = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def parse_duration(text: str) -> float:
-    """``90s``, ``30m``, ``24h``, ``7d`` (or ``1h30m``) in seconds; at most 30 days."""
-    value = text.strip().lower()
-    parts = list(_DURATION.finditer(value))
-    if not parts or "".join(p.group(0) for p in parts) != value.replace(" ", ""):
-        raise UsageError(f"--expires {text!r}: expected a duration like 30m, 24h or 7d")
-    seconds = sum(float(p.group(1)) * _UNITS[p.group(2)] for p in parts)
-    if not 0 < seconds <= MAX_TTL:
-        raise UsageError(f"--expires {text!r}: a token lives between 1 second and 30 days")
-    return seconds
-
-
-def validate_name(name: str) -> str:
-    """A data holder's name: letters, digits, ``.``, ``_``, ``-``; at most 64 characters."""
-    if not _NAME.fullmatch(name):
-        raise UsageError(
-            f"name {name!r}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a "
-            "letter or digit"
-        )
-    return name
-
-
-def ca_fingerprint(ca_pem: bytes | str) -> str:
-    """The SHA-256 (hex) of the CA certificate's DER bytes: what a token pins.
-
-    The same figure as ``openssl x509 -in ca.crt -outform der | sha256sum``.
-    """
-    import ssl
-
-    text = ca_pem.decode("ascii") if isinstance(ca_pem, bytes) else ca_pem
-    try:
-        der = ssl.PEM_cert_to_DER_cert(text.strip() + "\n")
-    except (ValueError, binascii.Error) as exc:
-        raise UsageError("the CA certificate is not a PEM certificate") from exc
-    return hashlib.sha256(der).hexdigest()
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode("ascii")).hexdigest()
-
-
-def format_token(secret: str, ca_sha256: str) -> str:
-    return f"{TOKEN_PREFIX}.{secret}.{ca_sha256}"
-
-
-def parse_token(text: str) -> tuple[str, str]:
-    """``(secret, ca sha256)`` of a token; MalformedTokenError if it is not one."""
-    parts = text.strip().split(".")
-    if (
-        len(parts) != 3
-        or parts[0] != TOKEN_PREFIX
-        or not _SECRET.fullmatch(parts[1])
-        or not _HEX64.fullmatch(parts[2])
-    ):
-        raise MalformedTokenError(
-            f"not a fedge enrollment token (expected {TOKEN_PREFIX}.<secret>.<CA sha256>)"
-        )
-    return parts[1], parts[2]
-
-
-def _ssh_strings(blob: bytes) -> list[bytes]:
-    fields, offset = [], 0
-    while offset < len(blob):
-        if offset + 4 > len(blob):
-            raise ValueError("truncated length")
-        (length,) = struct.unpack(">I", blob[offset : offset + 4])
-        offset += 4
-        if offset + length > len(blob):
-            raise ValueError("truncated field")
-        fields.append(blob[offset : offset + length])
-        offset += length
-    return fields
-
-
-def parse_node_public_key(text: str) -> NodePublicKey:
-    """Check the OpenSSH line of a NIST-curve ECDSA key and compute its fingerprint.
-
-    This checks the structure; the SuperLink checks the point itself when it registers the key.
-    """
-    words = text.strip().split()
-    if len(words) < 2 or words[0] not in _CURVES:
-        raise UsageError(
-            "public_key: expected an OpenSSH ECDSA key line (ecdsa-sha2-nistp384 AAAA...)"
-        )
-    key_type, encoded = words[0], words[1]
-    curve, point_length = _CURVES[key_type]
-    try:
-        blob = base64.b64decode(encoded, validate=True)
-        fields = _ssh_strings(blob)
-    except (binascii.Error, ValueError) as exc:
-        raise UsageError(f"public_key: the base64 part of the {key_type} key is damaged") from exc
-    if (
-        len(fields) != 3
-        or fields[0] != key_type.encode()
-        or fields[1] != curve.encode()
-        or len(fields[2]) != point_length
-        or fields[2][0] != 4
-    ):
-        raise UsageError(f"public_key: not a well-formed {key_type} public key")
-    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")
-    return NodePublicKey(f"{key_type} {encoded}", f"SHA256:{digest}", curve)
-
-
-def check_issuable(holder: Holder | None, purpose: Purpose) -> None:
-    """May ``holder`` get a token for ``purpose``? A first token or a reissue while pending is
-    fine; a rotation needs an active holder; a revoked name is never reused."""
-    if holder is not None and holder.state == "revoked":
-        raise RevokedHolderError(
-            f"data holder {holder.name} was revoked at {format_time(holder.updated_at)}; "
-            "enroll it under a new name"
-        )
-    if purpose == "enroll" and holder is not None and holder.state == "active":
-        raise DuplicateNameError(
-            f"data holder {holder.name} is already enrolled (active); "
-            f"use `fedge enroll rotate {holder.name}` to give it a new key"
-        )
-    if purpose == "rotate" and (holder is None or holder.state != "active"):
-        state = "not enrolled" if holder is None else holder.state
-        name = holder.name if holder is not None else "this name"
-        raise UnknownHolderError(
-            f"data holder {name} is {state}: only an active holder's key can be rotated"
-        )
-
-
-def check_claimable(token: TokenRecord | None, holder: Holder | None, *, now: float) -> None:
-    """Raise the error that tells the data holder why ``token`` cannot be redeemed, if any."""
-    if token is None or holder is None:
-        raise UnknownTokenError(
-            "the coordinator does not know this enrollment token "
-            "(mistyped, or issued by another coordinator)"
-        )
-    if token.used_at is not None:
-        raise ReusedTokenError(
-            f"this enrollment token was already used at {format_time(token.used_at)}; "
-            "a token works once: ask the operator for a new one"
-        )
-    if holder.state == "revoked":
-        raise RevokedHolderError(
-            f"data holder {holder.name} was revoked at {format_time(holder.updated_at)}; "
-            "its tokens no longer work"
-        )
-    if token.superseded_at is not None:
-        raise SupersededTokenError(
-            f"this enrollment token was replaced by a newer one at "
-            f"{format_time(token.superseded_at)}; use the newest token"
-        )
-    if now >= token.expires_at:
-        raise ExpiredTokenError(
-            f"this enrollment token expired at {format_time(token.expires_at)}; "
-            f"ask the operator for a new one (fedge enroll token {holder.name})"
-        )
-    if token.purpose == "rotate" and holder.state != "active":
-        raise UnknownTokenError(f"data holder {holder.name} is no longer active")
 
 
 # ----------------------------------------------------------------------------------- storage
@@ -582,11 +256,11 @@ class Registry:
         Earlier unused tokens of the same name stop working: only the newest one is valid.
         """
         validate_name(name)
-        if not _HEX64.fullmatch(ca_sha256):
+        if not is_ca_sha256(ca_sha256):
             raise UsageError("ca_sha256: expected the 64 hex digits of the CA's SHA-256")
         if not 0 < ttl <= MAX_TTL:
             raise UsageError("--expires: a token lives between 1 second and 30 days")
-        secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii").rstrip("=")
+        secret = new_secret()
         now = self.clock()
         with self._write() as db:
             holder = self._get_holder(db, name)

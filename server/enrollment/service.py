@@ -33,28 +33,28 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+from fedge.enroll_token import CA_PATH, ENROLL_PATH, ca_fingerprint
 from fedge.errors import FederationError, FedgeError, UsageError
 from fedge.logs import get_logger
-from server.enrollment.registry import (
-    Claim,
+from server.enrollment.errors import (
     DuplicateKeyError,
     DuplicateNameError,
     EnrollmentError,
-    Holder,
-    NodePublicKey,
-    Registry,
     RevokedHolderError,
     TokenError,
     UnknownTokenError,
-    ca_fingerprint,
+)
+from server.enrollment.registry import Registry
+from server.enrollment.rules import (
+    Claim,
+    Holder,
+    NodePublicKey,
     parse_node_public_key,
     parse_token,
 )
 from server.federation.deployment_engine import CONNECTION, flwr_json
 
 __all__ = [
-    "CA_PATH",
-    "ENROLL_PATH",
     "Enroller",
     "EnrollmentServer",
     "NodeControl",
@@ -65,8 +65,6 @@ __all__ = [
 
 log = get_logger(__name__)
 
-CA_PATH = "/v1/ca"
-ENROLL_PATH = "/v1/enroll"
 MAX_BODY = 64 * 1024
 UNREGISTERED = "unregistered"
 

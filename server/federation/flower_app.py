@@ -14,36 +14,34 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedge import messages as m
 from fedge.errors import UsageError
-from policies import FederationPolicy, check_text
+from policies import FederationPolicy, check_text, the_one
 from server.federation.rounds import RoundReport, RunSettings, run_federation
 
 __all__ = ["app", "make_server_app", "settings_from_run_config"]
 
 
 def settings_from_text(policy_text: str, *, workdir: Path, run_id: str, name: str) -> RunSettings:
-    report = check_text(policy_text, name=name)
-    report.raise_for_problems()
-    policies = [d.document for d in report.documents if isinstance(d.document, FederationPolicy)]
-    if len(policies) != 1:
-        raise UsageError(f"{name}: expected exactly one FederationPolicy, found {len(policies)}")
-    return RunSettings(policy=policies[0], policy_text=policy_text, workdir=workdir, run_id=run_id)
+    policy = the_one(check_text(policy_text, name=name), FederationPolicy, source=name)
+    return RunSettings(policy=policy, policy_text=policy_text, workdir=workdir, run_id=run_id)
 
 
 def settings_from_run_config(context: Context) -> RunSettings:
     config = context.run_config
     try:
-        text, workdir = str(config["policy"]), Path(str(config["workdir"]))
+        text, workdir = str(config[m.POLICY]), Path(str(config[m.RUN_WORKDIR]))
     except KeyError as exc:
         raise UsageError(f"run config: {exc.args[0]} is required") from exc
     settings = settings_from_text(
         text,
         workdir=workdir,
-        run_id=str(config.get("run-id", "fedge")),
+        run_id=str(config.get(m.RUN_ID, "fedge")),
         name="run config policy",
     )
-    if "he-public-context" in config:
-        settings = replace(settings, he_public_context=Path(str(config["he-public-context"])))
+    if m.RUN_HE_PUBLIC_CONTEXT in config:
+        public = Path(str(config[m.RUN_HE_PUBLIC_CONTEXT]))
+        settings = replace(settings, he_public_context=public)
     return settings
 
 

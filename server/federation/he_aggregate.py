@@ -22,19 +22,18 @@ returns values; reading the context file is the one I/O function.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import tenseal as ts
 
 from fedge.errors import FederationError, KeyFileError
+from fedge.he_wire import chunk_sizes, context_slots, read_context_file, update_digest
 
 __all__ = [
     "MAX_TOTAL_WEIGHT",
@@ -42,11 +41,9 @@ __all__ = [
     "ClientUpdate",
     "EncryptedUpdateError",
     "aggregate_encrypted",
-    "expected_chunk_sizes",
     "integer_weights",
     "load_public_context",
     "public_context_from_bytes",
-    "update_digest",
     "weighted_sum",
 ]
 
@@ -123,33 +120,12 @@ def public_context_from_bytes(data: bytes, *, source: str = "<public context>") 
 
 def load_public_context(path: str | os.PathLike[str]) -> Any:
     """Read the federation's public HE context file; errors name the file."""
-    file = Path(path)
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise KeyFileError(
-            f"cannot read the HE public context ({exc.strerror})", path=str(file)
-        ) from exc
-    return public_context_from_bytes(data, source=str(file))
+    data = read_context_file(path, what="public")
+    return public_context_from_bytes(data, source=str(path))
 
 
 # --------------------------------------------------------------------------------------------
 # Pure pieces
-
-
-def update_digest(chunks: Sequence[bytes]) -> str:
-    """SHA-256 over length-prefixed chunks; the same as ``client.federation.he.update_digest``."""
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(len(chunk).to_bytes(8, "big"))
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def expected_chunk_sizes(num_values: int, slots: int) -> list[int]:
-    """Values per ciphertext of an update of ``num_values`` values plus the check value."""
-    full, rest = divmod(num_values + 1, slots)
-    return [slots] * full + ([rest] if rest else [])
 
 
 def integer_weights(counts: Sequence[int], *, max_total: int = MAX_TOTAL_WEIGHT) -> list[int]:
@@ -158,11 +134,6 @@ def integer_weights(counts: Sequence[int], *, max_total: int = MAX_TOTAL_WEIGHT)
     if total <= max_total:
         return list(counts)
     return [count * max_total // total for count in counts]
-
-
-def _slots(context: Any) -> int:
-    degree: int = context.seal_context().data.first_context_data().parms().poly_modulus_degree()
-    return degree // 2
 
 
 def _load_update(context: Any, update: ClientUpdate, sizes: Sequence[int]) -> list[Any]:
@@ -266,7 +237,7 @@ def aggregate_encrypted(
     if context.has_secret_key():
         raise FederationError("refusing to aggregate with a context that holds the secret key")
     started = time.perf_counter()
-    sizes = expected_chunk_sizes(num_values, _slots(context))
+    sizes = chunk_sizes(num_values, context_slots(context))
     rejected: dict[str, EncryptedUpdateError] = {}
     loaded: list[tuple[ClientUpdate, list[Any]]] = []
     for update in updates:

@@ -20,6 +20,7 @@ from flwr.app import Array, ArrayRecord, Message
 
 from fedge import messages as m
 from fedge.errors import FederationError
+from fedge.he_wire import chunk_name, in_chunk_order
 from server.federation.he_aggregate import AggregateResult, ClientUpdate, aggregate_encrypted
 
 __all__ = [
@@ -51,12 +52,12 @@ class EncryptedGlobal:
 
 def chunks_record(chunks: Sequence[bytes]) -> ArrayRecord:
     return ArrayRecord(
-        {f"chunk-{i:05d}": Array(np.frombuffer(c, dtype=np.uint8)) for i, c in enumerate(chunks)}
+        {chunk_name(i): Array(np.frombuffer(c, dtype=np.uint8)) for i, c in enumerate(chunks)}
     )
 
 
 def chunks_of(record: ArrayRecord) -> list[bytes]:
-    return [record[name].numpy().tobytes() for name in sorted(record.keys())]
+    return [record[name].numpy().tobytes() for name in in_chunk_order(record.keys())]
 
 
 def has_update(reply: Message) -> bool:
@@ -65,7 +66,7 @@ def has_update(reply: Message) -> bool:
 
 def to_checkpoint(model: EncryptedGlobal) -> tuple[dict[str, npt.NDArray[Any]], dict[str, int]]:
     arrays = {
-        f"{CHECKPOINT_PREFIX}chunk-{i:05d}": np.frombuffer(c, dtype=np.uint8)
+        CHECKPOINT_PREFIX + chunk_name(i): np.frombuffer(c, dtype=np.uint8)
         for i, c in enumerate(model.chunks)
     }
     return arrays, {"heTotalWeight": model.total_weight, "heNumValues": model.num_values}
@@ -75,7 +76,7 @@ def from_checkpoint(
     arrays: Mapping[str, npt.NDArray[Any]], meta: Mapping[str, Any]
 ) -> EncryptedGlobal | None:
     """The encrypted global model a checkpoint holds, or None for a plaintext checkpoint."""
-    names = sorted(k for k in arrays if k.startswith(CHECKPOINT_PREFIX))
+    names = in_chunk_order(k for k in arrays if k.startswith(CHECKPOINT_PREFIX))
     if not names:
         return None
     return EncryptedGlobal(

@@ -11,13 +11,48 @@ import json
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedge.atomic import atomic_write_text
 from fedge.errors import FederationError
 
-__all__ = ["MetricsLog"]
+__all__ = ["MetricsLog", "RoundReport"]
+
+
+@dataclass
+class RoundReport:
+    """One line of ``metrics.jsonl``.
+
+    ``eval_*`` describe the global model this round produced, on the held-out data of the
+    clients that evaluated it: those sampled for the next round, which evaluate the model their
+    train message carries before training (as NVFlare's scatter-and-gather validates the global
+    model), or, after the last round, ``fraction_evaluate`` of the clients. A line is therefore
+    written when its model has been evaluated, one round later than its training.
+    """
+
+    round: int
+    status: str  # "ok", or "skipped" when fewer than the minimum replied usefully
+    clients: list[str] = field(default_factory=list)
+    declined: dict[str, str] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    eval_accuracy: float | None = None
+    eval_clients: int = 0
+    epsilon: dict[str, float] = field(default_factory=dict)
+    noise_multiplier: dict[str, float] = field(default_factory=dict)
+    steps: dict[str, int] = field(default_factory=dict)
+    num_examples: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    train_seconds: float = 0.0
+    seconds: float = 0.0
+    secagg_error_bound: float | None = None  # protection secagg: max quantization error
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _finite(value: Any) -> Any:

@@ -7,7 +7,7 @@ fedge sampled, so the protocol stays Flower's code; it adds three small adapters
 
 - a Strategy that "samples" exactly fedge's nodes with fedge's config and keeps what the
   workflow hands to ``aggregate_fit`` (the unmasked weighted average and the weights);
-- a Grid that runs each stage through :func:`server.federation.rounds.collect_replies` (fedge's
+- a Grid that runs each stage through :func:`server.federation.replies.collect_replies` (fedge's
   polling and its minimum-plus-grace close, instead of a blocking wait; the Deployment
   Engine's own Grid polls every 3 s), counts the bytes, keeps the training stage's replies
   (metrics and info; the masked vector stays inside the protocol) and turns a holder's
@@ -60,6 +60,8 @@ from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.strategy import Strategy
 from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
@@ -67,10 +69,9 @@ from flwr.supercore.run import Run
 from fedge import messages as m
 from fedge.errors import FederationError, UsageError
 from fedge.logs import get_logger
-from server.federation.rounds import collect_replies
+from server.federation.replies import collect_replies
 
 __all__ = [
-    "ARRAY_NAMES",
     "SecAggResult",
     "quantization_error_bound",
     "secagg_round",
@@ -78,12 +79,6 @@ __all__ = [
 
 log = get_logger(__name__)
 Arrays = dict[str, npt.NDArray[Any]]
-
-# Key in the legacy FitIns config: the JSON list of array names in parameter order (legacy
-# Parameters carry no names). client/federation/secagg.py reads it under the same name.
-ARRAY_NAMES = "fedge-array-names"
-# The workflow's state record names (flwr.server.workflow.constant).
-_CONFIG_RECORD, _PARAMS_RECORD, _CURRENT_ROUND = "config", "parameters", "current_round"
 
 
 @dataclass(frozen=True)
@@ -230,8 +225,8 @@ def secagg_round(
     strategy = _Sampled(sampled, grid, config, names)
     state = RecordDict(
         {
-            _CONFIG_RECORD: ConfigRecord({_CURRENT_ROUND: round_}),
-            _PARAMS_RECORD: ArrayRecord(
+            MAIN_CONFIGS_RECORD: ConfigRecord({WorkflowKey.CURRENT_ROUND: round_}),
+            MAIN_PARAMS_RECORD: ArrayRecord(
                 {str(i): Array(np.ascontiguousarray(arrays[n])) for i, n in enumerate(names)}
             ),
         }
@@ -426,7 +421,7 @@ class _Sampled(Strategy):
             if not isinstance(value, bool | bytes | float | int | str):
                 raise FederationError(f"secure aggregation: config key {key!r} is not a scalar")
             self._config[key] = value
-        self._config[ARRAY_NAMES] = json.dumps(names)
+        self._config[m.SECAGG_ARRAY_NAMES] = json.dumps(names)
         self.average: Parameters | None = None
         self.weights: dict[int, int] = {}
 

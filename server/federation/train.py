@@ -8,7 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from fedge import messages as m
 from fedge.errors import UsageError
+from fedge.he_wire import PUBLIC_CONTEXT_FILE, SECRET_CONTEXT_FILE
 from policies import FederationPolicy
 from server.federation.app_dir import write_app_dir
 from server.federation.rounds import RoundReport, RunSettings
@@ -35,16 +37,11 @@ def load_plan(policy_path: Path, *, workdir: Path | None, run_id: str | None) ->
         text = policy_path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"--policy {policy_path}: cannot read ({exc.strerror})") from exc
-    from policies import check_files
+    from policies import check_files, the_one
 
-    report = check_files([policy_path])  # located problems, with the file's own name
-    report.raise_for_problems()
-    docs = [d.document for d in report.documents if isinstance(d.document, FederationPolicy)]
-    if len(docs) != 1:
-        raise UsageError(
-            f"--policy {policy_path}: expected one FederationPolicy, found {len(docs)}"
-        )
-    name = run_id or docs[0].metadata.name
+    # located problems, with the file's own name
+    policy = the_one(check_files([policy_path]), FederationPolicy, source=f"--policy {policy_path}")
+    name = run_id or policy.metadata.name
     folder = (workdir or Path("fedge-runs") / name).resolve()
     settings = settings_from_text(text, workdir=folder, run_id=name, name=str(policy_path))
     return TrainPlan(settings=settings, policy_path=policy_path)
@@ -92,16 +89,16 @@ def train_simulated(
     _client_files(data_dir, num_clients)
     workdir = plan.workdir
     config = {
-        "policy": plan.settings.policy_text,
-        "workdir": str(workdir),
-        "run-id": plan.settings.run_id,
-        "data-dir": str(data_dir.resolve()),
-        "state-dir": str(workdir / "clients"),
+        m.POLICY: plan.settings.policy_text,
+        m.RUN_WORKDIR: str(workdir),
+        m.RUN_ID: plan.settings.run_id,
+        m.RUN_DATA_DIR: str(data_dir.resolve()),
+        m.RUN_STATE_DIR: str(workdir / "clients"),
     }
     settings = plan.settings
     if settings.policy.spec.protection == "he":
         secret, public = simulated_he_keys(workdir / "he")
-        config |= {"he-secret-context": str(secret), "he-public-context": str(public)}
+        config |= {m.RUN_HE_SECRET_CONTEXT: str(secret), m.RUN_HE_PUBLIC_CONTEXT: str(public)}
         settings = replace(settings, he_public_context=public)
     app_dir = write_app_dir(workdir / "app", config)
     if not verbose:
@@ -125,7 +122,7 @@ def simulated_he_keys(folder: Path) -> tuple[Path, Path]:
     import subprocess
     import sys
 
-    secret, public = folder / "he-secret.ctx", folder / "he-public.ctx"
+    secret, public = folder / SECRET_CONTEXT_FILE, folder / PUBLIC_CONTEXT_FILE
     if not (secret.is_file() and public.is_file()):
         tool = Path(sys.executable).with_name("fedge-client")
         done = subprocess.run(
@@ -160,18 +157,18 @@ def train_deployed(
     flwr_home = workdir / "flwr"
     write_flwr_home(flwr_home, address=superlink, root_certificates=root_certificates.resolve())
     config: dict[str, str | int | float] = {
-        "policy": plan.settings.policy_text,
-        "workdir": str(workdir),
-        "run-id": plan.settings.run_id,
+        m.POLICY: plan.settings.policy_text,
+        m.RUN_WORKDIR: str(workdir),
+        m.RUN_ID: plan.settings.run_id,
     }
     if plan.settings.policy.spec.protection == "he":
-        public = (he_public_context or workdir / "he-public.ctx").resolve()
+        public = (he_public_context or workdir / PUBLIC_CONTEXT_FILE).resolve()
         if not public.is_file():
             raise UsageError(
                 f"--he-public-context {public}: the policy asks for protection he; give the "
                 "public context from the key custodian's `fedge-client he keygen`"
             )
-        config["he-public-context"] = str(public)
+        config[m.RUN_HE_PUBLIC_CONTEXT] = str(public)
     app_dir = write_app_dir(workdir / "app", config)
     run_id = submit_run(app_dir, flwr_home=flwr_home)
     wait_for_run(run_id, flwr_home=flwr_home, timeout=timeout)

@@ -49,6 +49,7 @@ from edge_agent.protocol import (
 )
 from fedge.errors import EdgeError, UsageError
 from fedge.logs import get_logger
+from fedge.replica_urls import DOCUMENT_FIELDS
 from policies.rollout import RolloutSpec
 from server.fleet.rollout import Action, DeviceView, RolloutState, decide, start_rollout
 
@@ -126,12 +127,13 @@ def desired_for_artifact(
     except ValueError as exc:
         raise UsageError(f"{manifest_path}: not JSON ({exc})") from exc
     name, version = str(manifest.get("name", "")), str(manifest.get("version", ""))
-    if (urls.get("artifact"), urls.get("version")) != (name, version):
+    artifact_key, version_key, replicas_key = DOCUMENT_FIELDS
+    if (urls.get(artifact_key), urls.get(version_key)) != (name, version):
         raise UsageError(
-            f"--urls names {urls.get('artifact')} {urls.get('version')}, "
+            f"--urls names {urls.get(artifact_key)} {urls.get(version_key)}, "
             f"but the artifact is {name} {version}"
         )
-    replicas = urls.get("replicas")
+    replicas = urls.get(replicas_key)
     if not isinstance(replicas, list) or not replicas:
         raise UsageError("--urls: no replica URLs (is the artifact placed? fedge place apply)")
     try:

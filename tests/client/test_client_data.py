@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from client.contract.data_format import detect_format
 from client.contract.labelled import (
     LabelledData,
-    detect_format,
     format_labelled,
     load_labelled,
     write_labelled,

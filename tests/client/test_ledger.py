@@ -2,7 +2,7 @@
 
 The ledger's promise is DESIGN.md section 5: the budget is enforced on the holder's machine. These
 tests hold it to the numbers Opacus computes, to refusing without touching the file, and to never
-starting a budget again from zero.
+starting a budget again from zero. The pricing alone (no file) is tests/client/test_accounting.py.
 """
 
 from __future__ import annotations
@@ -19,37 +19,17 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
+from opacus.accountants import RDPAccountant
 
-from client.privacy.ledger import (
-    LEDGER_SCHEMA,
-    Mechanism,
-    PrivacyBudget,
-    PrivacyLedger,
-    epsilon_for,
-    ledger_path,
-    noise_for_budget,
-    opacus_history,
-)
+from client.privacy.accounting import Mechanism, PrivacyBudget, epsilon_for, noise_for_budget
+from client.privacy.ledger import PrivacyLedger
+from client.privacy.ledger_file import LEDGER_SCHEMA, ledger_path
 from fedge.errors import BudgetExceededError, FederationError, UsageError
 from policies import FederationPolicy, load_one
 from policies.common import Metadata
 from tests.conftest import EXAMPLES, REPO
-
-DELTA = 1e-5
-# Small histories keep PRV (a numerical convolution) fast; two equal rounds exercise the merge.
-ROUNDS: list[Mechanism] = [(1.1, 0.01, 40), (1.1, 0.01, 40), (0.9, 0.02, 25), (1.3, 0.01, 30)]
-ACCOUNTANTS = [("rdp", RDPAccountant), ("prv", PRVAccountant)]
-
-
-def _watched(cls: type[Any], rounds: list[Mechanism]) -> Any:
-    """An Opacus accountant that saw every optimizer step, as during real DP training."""
-    accountant = cls()
-    for noise, rate, steps in rounds:
-        for _ in range(steps):
-            accountant.step(noise_multiplier=noise, sample_rate=rate)
-    return accountant
+from tests.support.privacy import ACCOUNTANTS, DELTA, ROUNDS
+from tests.support.privacy import watched as _watched
 
 
 def _ledger(
@@ -79,25 +59,6 @@ def _leftovers(directory: Path) -> list[str]:
 
 
 # --- the numbers are Opacus's ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("name", "cls"), ACCOUNTANTS)
-def test_epsilon_for_equals_an_opacus_accountant_that_watched_every_step(name, cls):
-    expected = _watched(cls, ROUNDS).get_epsilon(DELTA)
-    assert epsilon_for(ROUNDS, delta=DELTA, accountant=name) == pytest.approx(expected, rel=1e-12)
-
-
-def test_rdp_with_cached_curves_is_opacus_bit_for_bit():
-    """The per-(noise, rate) curve cache must not change a single bit of Opacus's figure."""
-    for end in range(1, len(ROUNDS) + 1):
-        expected = _watched(RDPAccountant, ROUNDS[:end]).get_epsilon(DELTA)
-        assert epsilon_for(ROUNDS[:end], delta=DELTA, accountant="rdp") == expected
-
-
-def test_history_is_merged_the_way_opacus_merges_steps():
-    assert opacus_history(ROUNDS) == _watched(RDPAccountant, ROUNDS).history
-    assert opacus_history([]) == []
-    assert epsilon_for([], delta=DELTA, accountant="prv") == 0.0
 
 
 @pytest.mark.parametrize(("name", "cls"), ACCOUNTANTS)
@@ -449,20 +410,6 @@ def test_a_mechanism_opacus_cannot_price_is_a_usage_error(tmp_path, noise, rate,
 
 
 @pytest.mark.parametrize(
-    "budget",
-    [
-        {"target_epsilon": 0.0, "delta": DELTA},
-        {"target_epsilon": math.inf, "delta": DELTA},
-        {"target_epsilon": 8.0, "delta": 1.0},
-        {"target_epsilon": 8.0, "delta": DELTA, "accountant": "gdp"},
-    ],
-)
-def test_an_impossible_budget_is_a_usage_error(budget):
-    with pytest.raises(UsageError):
-        PrivacyBudget(**budget)
-
-
-@pytest.mark.parametrize(
     "kwargs",
     [
         {"federation": "Not/A/Name"},
@@ -485,26 +432,6 @@ def test_round_and_run_must_identify_a_round(tmp_path, round, run_id):
 # --- planning noise -------------------------------------------------------------------------
 
 
-@pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
-def test_noise_for_a_fresh_budget_is_what_opacus_finds():
-    ours = noise_for_budget(
-        target_epsilon=4.0,
-        delta=DELTA,
-        sample_rate=0.01,
-        steps_per_round=50,
-        rounds=4,
-        epsilon_tolerance=0.05,
-    )
-    theirs = get_noise_multiplier(
-        target_epsilon=4.0,
-        target_delta=DELTA,
-        sample_rate=0.01,
-        steps=200,
-        epsilon_tolerance=0.05,
-    )
-    assert ours == theirs
-
-
 def test_noise_for_the_remaining_budget_lets_every_planned_round_through(tmp_path):
     ledger = _ledger(tmp_path, target=4.0)
     _record(ledger, 1, (1.0, 0.01, 100))
@@ -520,18 +447,6 @@ def test_noise_for_the_remaining_budget_lets_every_planned_round_through(tmp_pat
     for number in (2, 3, 4):
         _record(ledger, number, (sigma, 0.01, 50))
     assert 4.0 - 0.05 <= ledger.spent() <= 4.0
-
-
-def test_a_history_past_the_budget_fails_at_once():
-    with pytest.raises(UsageError, match="already spent of a budget of 1 .*no further round fits"):
-        noise_for_budget(
-            target_epsilon=1.0,
-            delta=DELTA,
-            sample_rate=0.01,
-            steps_per_round=10,
-            rounds=1,
-            history=[(0.5, 0.5, 100)],  # already far past the budget
-        )
 
 
 # --- what the CLI prints --------------------------------------------------------------------
@@ -590,35 +505,3 @@ def test_spent_never_decreases_never_passes_the_budget_and_quote_is_the_charge(r
             assert spent <= now <= target
             spent = now
         assert ledger.spent() == epsilon_for(ledger.history(), delta=DELTA, accountant="rdp")
-
-
-def test_a_run_that_keeps_its_plan_reuses_last_rounds_noise() -> None:
-    from client.privacy.ledger import noise_for_budget
-
-    first = noise_for_budget(
-        target_epsilon=4.0, delta=1e-5, sample_rate=0.05, steps_per_round=20, rounds=3
-    )
-    history = [(first, 0.05, 20)]
-    second = noise_for_budget(
-        target_epsilon=4.0,
-        delta=1e-5,
-        sample_rate=0.05,
-        steps_per_round=20,
-        rounds=2,
-        history=history,
-    )
-    assert second == first
-    # a changed plan (other steps) still searches, and still fits the budget
-    other = noise_for_budget(
-        target_epsilon=4.0,
-        delta=1e-5,
-        sample_rate=0.05,
-        steps_per_round=30,
-        rounds=2,
-        history=history,
-    )
-    assert other != first
-    total = epsilon_for(
-        [*history, (other, 0.05, 30), (other, 0.05, 30)], delta=1e-5, accountant="rdp"
-    )
-    assert 4.0 - 0.01 <= total <= 4.0

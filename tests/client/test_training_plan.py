@@ -22,7 +22,7 @@ from client.contract.labelled import LabelledData
 from client.contract.model import build_for_policy, get_trainable, set_trainable, trains_encoder
 from client.contract.tiny import build_tiny_model
 from client.data.synthetic import generate
-from client.privacy.ledger import epsilon_for
+from client.privacy.accounting import epsilon_for
 from client.training.baseline import run_baseline
 from client.training.loop import (
     encode,
@@ -154,7 +154,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(("pooling", "lora"), [("mean", False), ("mean", True), ("cls", True)])
 def test_export_builds_the_model_training_built(tiny: Path, pooling: str, lora: bool) -> None:
     """server/export/build.py builds through client/contract/model.py: same names, same logits."""
-    from server.export.build import heldout_feeds, load_merged_model, torch_logits
+    from server.export.merged import heldout_feeds, load_merged_model, torch_logits
 
     policy = _policy(tiny, pooling=pooling, lora=lora)
     trained = build_for_policy(policy.spec, seed=0)
@@ -176,7 +176,7 @@ def test_export_builds_the_model_training_built(tiny: Path, pooling: str, lora: 
 
 
 def test_a_policy_for_another_model_is_refused_by_export(tiny: Path) -> None:
-    from server.export.build import load_merged_model
+    from server.export.merged import load_merged_model
 
     head_only = get_trainable(build_for_policy(_policy(tiny).spec).model)
     assert sorted(head_only) == ["classifier.bias", "classifier.weight"]

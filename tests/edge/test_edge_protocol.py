@@ -198,7 +198,7 @@ def test_no_edge_module_loads_a_heavy_library() -> None:
 
 def test_a_placement_replica_is_a_desired_replica(tmp_path: Path) -> None:
     """The controller passes ``fedge place urls`` output on unchanged (contract with placement)."""
-    from cloud_adapters.placement.urls import ReplicaURLs
+    from fedge.replica_urls import ReplicaURLs
 
     local = (tmp_path / "region a" / "tiny-cls" / "1.0.0").as_uri()
     for urls in (

@@ -15,7 +15,7 @@ import pytest
 
 from edge_agent.download import Cancelled, Downloader, DownloadError, fetch_file, redact_url
 from edge_agent.inference import InferenceEngine
-from edge_agent.install import Deployer, ref_of
+from edge_agent.install import Installer, ref_of
 from edge_agent.protocol import DesiredState, Phase
 from edge_agent.store import StateDir
 from edge_agent.telemetry import InferenceStats, percentile, summarize
@@ -59,20 +59,20 @@ def test_engine_classifies_with_the_artifact_labels(
     assert InferenceEngine(other).classify(["a good movie"])[0].label == "negative"
 
 
-def test_an_int8_artifact_deploys_and_an_unknown_format_is_refused(
+def test_an_int8_artifact_installs_and_an_unknown_format_is_refused(
     files: FileServer, tmp_path: Path, key: KeyPair
 ) -> None:
     state = StateDir(tmp_path / "state")
     make_artifact(tmp_path / "q", key, version="8.0.0", int8=True)
     replica = publish(tmp_path / "q", files.root, files.base_url)
-    prepared = Deployer(state, [key.public]).prepare(
+    prepared = Installer(state, [key.public]).prepare(
         desired(tmp_path / "q", [replica]), on_phase=lambda *_: None, cancel=threading.Event()
     )
     assert prepared.engine.classify(["good"])[0].label == "positive"
     make_artifact(tmp_path / "pt", key, version="9.0.0", fmt="pytorch")
     replica = publish(tmp_path / "pt", files.root, files.base_url)
     with pytest.raises(EdgeError, match="format 'pytorch' is not one this agent runs"):
-        Deployer(state, [key.public]).prepare(
+        Installer(state, [key.public]).prepare(
             desired(tmp_path / "pt", [replica]), on_phase=lambda *_: None, cancel=threading.Event()
         )
     assert not state.model_dir(ref_of(desired(tmp_path / "pt", [replica]))).exists()
@@ -198,14 +198,14 @@ def test_presigned_signatures_never_reach_the_logs() -> None:
     assert redact_url(url) == "https://bucket.s3.example/a/model.onnx"
 
 
-def test_deployer_installs_a_verified_artifact_and_refuses_an_untrusted_signer(
+def test_installer_installs_a_verified_artifact_and_refuses_an_untrusted_signer(
     files: FileServer, artifact: Path, tmp_path: Path, key: KeyPair
 ) -> None:
     state = StateDir(tmp_path / "state")
     phases: list[Phase] = []
     on_phase = lambda phase, _error, _progress: phases.append(phase)  # noqa: E731
     replica = publish(artifact, files.root, files.base_url)
-    prepared = Deployer(state, [key.public]).prepare(
+    prepared = Installer(state, [key.public]).prepare(
         desired(artifact, [replica]), on_phase=on_phase, cancel=threading.Event()
     )
     assert prepared.folder == state.model_dir(prepared.ref)
@@ -220,7 +220,7 @@ def test_deployer_installs_a_verified_artifact_and_refuses_an_untrusted_signer(
     make_artifact(other, stranger, version="6.6.6")
     replica = publish(other, files.root, files.base_url)
     with pytest.raises(SignatureError, match="not among the trusted keys"):
-        Deployer(state, [key.public]).prepare(
+        Installer(state, [key.public]).prepare(
             desired(other, [replica], "d2"), on_phase=on_phase, cancel=threading.Event()
         )
     assert not (state.models_root / "tiny-cls" / "6.6.6").exists()

@@ -20,11 +20,12 @@ from client.node.enroll import enroll_command, generate_node_key, load_join
 from client.node.supernode import SuperNodeProcess, supernode_command
 from fedge.atomic import atomic_write_bytes
 from fedge.cli import new_app
+from fedge.enroll_token import ca_fingerprint
 from server.cli.enroll import enroll_app
-from server.enrollment.registry import Registry, ca_fingerprint
+from server.enrollment.registry import Registry
 from server.enrollment.service import Enroller, EnrollmentServer, SuperLinkControl
 from tests.conftest import Result
-from tests.server.test_deployment_engine import SuperLink, _free_port, running_superlink
+from tests.support.superlink import SuperLink, free_port, running_superlink
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +54,7 @@ def _supernode(
     command = supernode_command(
         superlink=superlink.address,
         root_certificates=superlink.certs.ca_cert,
-        runtime_port=_free_port(),
+        runtime_port=free_port(),
         data_path=state / "no-data.tsv",  # read by a ClientApp only; none runs here
         state_dir=state,
         client_name=name,

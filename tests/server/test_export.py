@@ -117,7 +117,7 @@ def test_merged_model_gives_the_clients_logits(run):
     import torch
 
     from client.contract.model import load_trainable_model, set_trainable
-    from server.export.build import heldout_feeds, load_merged_model, torch_logits
+    from server.export.merged import heldout_feeds, load_merged_model, torch_logits
     from server.federation.checkpoint import CheckpointStore
 
     policy = _policy(run)
@@ -145,15 +145,9 @@ def test_merged_model_gives_the_clients_logits(run):
 
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 def test_fp32_and_int8_onnx_load_and_agree(run, tmp_path, mode):
-    from server.export.build import (
-        Quantization,
-        export_onnx,
-        heldout_feeds,
-        load_merged_model,
-        onnx_logits,
-        quantize_onnx,
-        torch_logits,
-    )
+    from server.export.merged import heldout_feeds, load_merged_model, torch_logits
+    from server.export.onnx_export import export_onnx, onnx_logits
+    from server.export.quantize import Quantization, quantize_onnx
     from server.federation.checkpoint import CheckpointStore
 
     checkpoint = CheckpointStore(run["workdir"] / "checkpoints").latest()
@@ -294,6 +288,7 @@ def test_checkpoint_of_another_model_is_refused(cli, run, tmp_path):
 def test_failed_export_leaves_nothing_behind(run, tmp_path, monkeypatch):
     """Quantization is made to fail (a stand-in for any late failure) to see the clean-up."""
     import server.export.build as export
+    from server.export.heldout import read_heldout
     from server.federation.checkpoint import CheckpointStore
 
     def broken(*_args: object, **_kwargs: object) -> Path:
@@ -303,7 +298,7 @@ def test_failed_export_leaves_nothing_behind(run, tmp_path, monkeypatch):
     checkpoint = CheckpointStore(run["workdir"] / "checkpoints").latest()
     assert checkpoint is not None
     policy = _policy(run)
-    heldout = export.read_heldout(run["heldout"], num_labels=2)
+    heldout = read_heldout(run["heldout"], num_labels=2)
     with pytest.raises(FedgeError, match="simulated"):
         export.export_artifact(
             policy=policy,
@@ -317,7 +312,7 @@ def test_failed_export_leaves_nothing_behind(run, tmp_path, monkeypatch):
 
 
 def test_heldout_labels_follow_the_client_conventions(tmp_path):
-    from server.export.build import read_heldout
+    from server.export.heldout import read_heldout
 
     named = tmp_path / "named.jsonl"
     named.write_text(

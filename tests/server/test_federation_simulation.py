@@ -8,9 +8,6 @@ on. A second test kills a real ``fedge train`` process after round 1 and starts 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +17,9 @@ import pytest
 from opacus.accountants import RDPAccountant
 
 from client.contract.model import get_trainable, load_trainable_model
-from client.privacy.ledger import PrivacyBudget, PrivacyLedger
+from client.privacy.accounting import PrivacyBudget
+from client.privacy.ledger import PrivacyLedger
+from fedge.process import ManagedProcess
 from policies import FederationPolicy, load_one
 from policies.federation import LoraSpec
 from server.federation.checkpoint import CheckpointStore
@@ -122,30 +121,19 @@ def test_an_over_budget_client_declines_and_its_ledger_is_unchanged(simulated_ru
     assert simulated_run["ledger_path"].read_bytes() == simulated_run["ledger_before"]
 
 
-def _wait_for(predicate, *, timeout: float, what: str, process: subprocess.Popen[bytes]) -> None:
+def _wait_for(predicate, *, timeout: float, what: str, process: ManagedProcess) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
-        if process.poll() is not None:
+        if not process.running():
             raise AssertionError(f"fedge train exited ({process.returncode}) before {what}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.2)
 
 
-def _fedge(*args: str, log: Path) -> subprocess.Popen[bytes]:
+def _fedge(*args: str, log: Path) -> ManagedProcess:
     exe = Path(sys.executable).with_name("fedge")
-    handle = log.open("ab")
-    return subprocess.Popen(
-        [str(exe), *args], stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def _stop_group(process: subprocess.Popen[bytes], sig: int) -> None:
-    try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        return
-    process.wait(timeout=60)
+    return ManagedProcess([str(exe), *args], log_path=log, name="fedge train", grace=60).start()
 
 
 def test_a_killed_coordinator_resumes_at_the_next_round(tmp_path: Path) -> None:
@@ -172,14 +160,15 @@ def test_a_killed_coordinator_resumes_at_the_next_round(tmp_path: Path) -> None:
     try:
         _wait_for(pointer.exists, timeout=240, what="the round-1 checkpoint", process=first)
     finally:
-        _stop_group(first, signal.SIGKILL)
+        first.kill()
     stopped_at = json.loads(pointer.read_text())["round"]
     assert stopped_at < 3, "the run finished before it could be killed"
     second = _fedge(*args, log=log)
     try:
-        assert second.wait(timeout=300) == 0, log.read_text()[-3000:]
+        assert second.process is not None
+        assert second.process.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
-        _stop_group(second, signal.SIGKILL)
+        second.kill()
     records = MetricsLog(workdir / "metrics.jsonl").read()
     assert [r["round"] for r in records] == [1, 2, 3]
     # round 1's line waited for its evaluation in the checkpoint, across the kill

@@ -30,6 +30,7 @@ from client.federation.he import (
     secret_context_from_bytes,
     write_keys,
 )
+from fedge import he_wire
 from fedge.errors import FederationError, KeyFileError, UsageError
 from server.federation import he_aggregate as server_he
 from server.federation.he_aggregate import (
@@ -115,7 +116,7 @@ def aggregate(public: Any, updates: list[ClientUpdate], **kwargs: Any) -> Aggreg
 def tampered(
     update: ClientUpdate, chunks: list[bytes], *, fix_digest: bool = False
 ) -> ClientUpdate:
-    digest = client_he.update_digest(chunks) if fix_digest else update.digest
+    digest = he_wire.update_digest(chunks) if fix_digest else update.digest
     return ClientUpdate(update.client, chunks, update.num_examples, digest)
 
 
@@ -221,11 +222,17 @@ def test_insecure_parameters_are_refused() -> None:
 
 def test_client_and_coordinator_agree_on_the_wire_format() -> None:
     chunks = [b"abc", b"", b"de"]
-    assert client_he.update_digest(chunks) == server_he.update_digest(chunks)
-    assert client_he.update_digest([b"ab", b"c"]) != client_he.update_digest([b"a", b"bc"])
+    # One home (fedge/he_wire.py): both sides bind the same functions, not copies.
+    for name in ("update_digest", "chunk_sizes", "context_slots"):
+        assert vars(client_he)[name] is vars(he_wire)[name] is vars(server_he)[name], name
+    assert he_wire.update_digest(chunks) == he_wire.update_digest(list(chunks))
+    assert he_wire.update_digest([b"ab", b"c"]) != he_wire.update_digest([b"a", b"bc"])
     for n in (0, 2046, 2047, 2048, 5378):
-        assert client_he.chunk_sizes(n, 2048) == server_he.expected_chunk_sizes(n, 2048)
-        assert sum(client_he.chunk_sizes(n, 2048)) == n + 1
+        sizes = he_wire.chunk_sizes(n, 2048)
+        assert sum(sizes) == n + 1
+        assert all(size == 2048 for size in sizes[:-1]) and 0 < sizes[-1] <= 2048
+    names = [he_wire.chunk_name(i) for i in (11, 2, 100, 0)]
+    assert he_wire.in_chunk_order(names) == [he_wire.chunk_name(i) for i in (0, 2, 11, 100)]
     assert DEFAULT_PARAMS.max_total_weight == server_he.MAX_TOTAL_WEIGHT
 
 

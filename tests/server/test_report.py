@@ -20,9 +20,9 @@ import pytest
 
 from fedge.errors import UsageError
 from server.federation.metrics import MetricsLog
-from server.report.page import (
-    REPORT_NAME,
-    SECTION_IDS,
+from server.report.page import REPORT_NAME, render_report, write_report
+from server.report.sections import SECTION_IDS
+from server.report.summary import (
     SUMMARY_NAME,
     SUMMARY_SCHEMA,
     ArtifactInfo,
@@ -37,8 +37,6 @@ from server.report.page import (
     SampleInference,
     Stage,
     load_run_summary,
-    render_report,
-    write_report,
 )
 
 CHROMIUM = Path("/usr/bin/chromium")

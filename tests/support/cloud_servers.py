@@ -19,10 +19,8 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -32,6 +30,9 @@ from typing import Any
 
 import pytest
 
+from fedge.errors import FedgeError
+from fedge.process import ManagedProcess
+
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 
@@ -40,39 +41,19 @@ class ServerMissingError(RuntimeError):
     """The server's binary is not installed here."""
 
 
+class ServerStartError(FedgeError):
+    """A test server exited at start or never listened (the message has its log's tail)."""
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
 
 
-def _wait_listening(process: subprocess.Popen[bytes], port: int, log: Path, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited early:\n{log.read_text(errors='replace')[-2000:]}")
-        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on {LOOPBACK}:{port} within 30 s")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(process.pid, signal.SIGCONT)  # a paused server cannot act on SIGTERM
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
 @dataclass
 class Server:
-    process: subprocess.Popen[bytes]
+    process: ManagedProcess
     port: int
     log: Path
     paused: bool = field(default=False)
@@ -83,11 +64,11 @@ class Server:
 
     def pause(self) -> None:
         """Freeze the endpoint (SIGSTOP): connections hang until :meth:`resume`, data is kept."""
-        os.kill(self.process.pid, signal.SIGSTOP)
+        self.process.send_signal(signal.SIGSTOP)
         self.paused = True
 
     def resume(self) -> None:
-        os.kill(self.process.pid, signal.SIGCONT)
+        self.process.send_signal(signal.SIGCONT)
         self.paused = False
 
 
@@ -167,16 +148,16 @@ def moto_server(workdir: Path | None = None) -> Iterator[MotoServer]:
         folder = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         log = folder / f"moto-{port}.log"
         env = {**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"}
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                [binary, "-H", LOOPBACK, "-p", str(port)],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                cwd=folder,
-                env=env,
-            )
+        process = ManagedProcess(
+            [binary, "-H", LOOPBACK, "-p", str(port)],
+            log_path=log,
+            name="moto_server",
+            cwd=folder,
+            env=env,
+            error=ServerStartError,
+        ).start()
         try:
-            _wait_listening(process, port, log, "moto_server")
+            process.wait_for_port(port, timeout=30)
             yield MotoServer(
                 process=process,
                 port=port,
@@ -185,7 +166,7 @@ def moto_server(workdir: Path | None = None) -> Iterator[MotoServer]:
                 secret_key=secrets.token_urlsafe(30),
             )
         finally:
-            _stop(process)
+            process.stop()
 
 
 @contextlib.contextmanager
@@ -197,33 +178,33 @@ def azurite_server(workdir: Path | None = None) -> Iterator[AzuriteServer]:
     with contextlib.ExitStack() as stack:
         folder = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         log = folder / f"azurite-{port}.log"
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                [
-                    binary,
-                    "--blobHost",
-                    LOOPBACK,
-                    "--blobPort",
-                    str(port),
-                    "--inMemoryPersistence",
-                    "--skipApiVersionCheck",
-                    "--disableProductStyleUrl",
-                    "--disableTelemetry",
-                    "--loose",
-                    "--silent",
-                ],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                cwd=folder,
-                env={**os.environ, "AZURITE_ACCOUNTS": f"{account}:{key}"},
-            )
+        process = ManagedProcess(
+            [
+                binary,
+                "--blobHost",
+                LOOPBACK,
+                "--blobPort",
+                str(port),
+                "--inMemoryPersistence",
+                "--skipApiVersionCheck",
+                "--disableProductStyleUrl",
+                "--disableTelemetry",
+                "--loose",
+                "--silent",
+            ],
+            log_path=log,
+            name="azurite-blob",
+            cwd=folder,
+            env={**os.environ, "AZURITE_ACCOUNTS": f"{account}:{key}"},
+            error=ServerStartError,
+        ).start()
         try:
-            _wait_listening(process, port, log, "azurite-blob")
+            process.wait_for_port(port, timeout=30)
             yield AzuriteServer(
                 process=process, port=port, log=log, account=account, account_key=key
             )
         finally:
-            _stop(process)
+            process.stop()
 
 
 def _missing(exc: ServerMissingError) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -24,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from fedge.process import ManagedProcess
 from fedge.signing import PublicKey
 from tests.conftest import REPO
 from tests.support.mqtt_broker import LOOPBACK, MosquittoBroker
@@ -73,7 +72,7 @@ def write_agent_config(
 class AgentProcess:
     config: Path
     log: Path
-    process: subprocess.Popen[bytes] | None = None
+    process: ManagedProcess | None = None
 
     @property
     def folder(self) -> Path:
@@ -85,39 +84,28 @@ class AgentProcess:
 
     def start(self) -> AgentProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-        with self.log.open("ab") as sink:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "edge_agent.cli", "-vv", "run", "--config",
-                 str(self.config), "--threads", "1"],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                env=env,
-                start_new_session=True,
-            )  # fmt: skip
+        self.process = ManagedProcess(
+            [sys.executable, "-m", "edge_agent.cli", "-vv", "run", "--config",
+             str(self.config), "--threads", "1"],
+            log_path=self.log,
+            name="fedge-agent",
+            cwd=REPO,
+            env=env,
+            grace=15.0,
+        ).start()  # fmt: skip
         return self
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and self.process.running()
 
     def kill(self) -> None:
         """SIGKILL: no clean disconnect, no chance to save anything."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
+        if self.process is not None:
+            self.process.kill()
 
     def stop(self) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        return self.process.returncode
+        return self.process.stop() if self.process is not None else None
 
     def tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""

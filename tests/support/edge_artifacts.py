@@ -22,6 +22,14 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 
 from fedge.artifact import sign_artifact
 from fedge.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
+from fedge.payload import (
+    ARTIFACT_FORMAT,
+    INFERENCE_FILE,
+    INPUT_NAMES,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    inference_document,
+)
 from fedge.signing import KeyPair
 
 LABELS = ["negative", "positive"]
@@ -150,22 +158,17 @@ def make_artifact(
     friends, as an int8 export has) and labels it ``onnx-int8``.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(directory / "tokenizer.json")
+    tokenizer = build_tokenizer(directory / TOKENIZER_FILE)
     build_model(
-        directory / "model.onnx",
+        directory / MODEL_FILE,
         vocab_size=tokenizer.get_vocab_size(),
         labels=len(LABELS),
         favour=favour,
         embedding_dim=embedding_dim,
         logits_width=logits_width,
     )
-    inference = {
-        "schema": 1,
-        "max_length": max_length,
-        "labels": LABELS,
-        "inputs": ["input_ids", "attention_mask", "token_type_ids"],
-    }
-    (directory / "inference.json").write_text(json.dumps(inference), encoding="utf-8")
+    inference = inference_document(max_length=max_length, labels=LABELS, inputs=INPUT_NAMES)
+    (directory / INFERENCE_FILE).write_text(json.dumps(inference), encoding="utf-8")
     if int8:
         from onnxruntime.quantization import (  # type: ignore[import-untyped]
             QuantType,
@@ -173,9 +176,9 @@ def make_artifact(
         )
 
         quantized = directory / "model.int8.onnx"
-        quantize_dynamic(directory / "model.onnx", quantized, weight_type=QuantType.QInt8)
-        quantized.replace(directory / "model.onnx")
-        fmt = "onnx-int8"
+        quantize_dynamic(directory / MODEL_FILE, quantized, weight_type=QuantType.QInt8)
+        quantized.replace(directory / MODEL_FILE)
+        fmt = ARTIFACT_FORMAT
     return sign_artifact(directory, keypair, name=name, version=version, format=fmt)
 
 

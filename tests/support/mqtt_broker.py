@@ -15,13 +15,11 @@ starts is stopped at the end of the test). A missing mosquitto fails under CI an
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pwd
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -39,6 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from fedge.errors import EdgeError
+from fedge.process import ManagedProcess
 from fedge.tls import CertPaths, generate_federation_certs
 from server.demo.mosquitto import mosquitto_binary as product_binary
 from server.demo.mosquitto import password_line
@@ -92,7 +91,7 @@ class MosquittoBroker:
     port: int = field(default_factory=free_port)
     passwords: dict[str, str] = field(default_factory=dict)
     use_passwd_tool: bool = True
-    process: subprocess.Popen[bytes] | None = None
+    process: ManagedProcess | None = None
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -156,35 +155,25 @@ class MosquittoBroker:
         return OPERATOR, self.passwords[OPERATOR]
 
     def start(self) -> None:
-        if self.process is not None and self.process.poll() is None:
+        if self.process is not None and self.process.running():
             return
-        self.process = subprocess.Popen(
+        self.process = ManagedProcess(
             [mosquitto_binary(), "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.workdir / "stderr.log").open("ab"),
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-                stderr = (self.workdir / "stderr.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"mosquitto exited early:\n{stderr}\n{tail}")
-            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, self.port), 0.2):
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"mosquitto did not listen on {LOOPBACK}:{self.port}")
+            log_path=self.workdir / "stderr.log",
+            name="mosquitto",
+            error=EdgeError,
+        ).start()
+        try:
+            self.process.wait_for_port(self.port, timeout=20)
+        except EdgeError as exc:
+            tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"{exc}\n{tail}") from exc
 
     def stop(self) -> None:
         """SIGTERM: mosquitto saves its persistence file and exits."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        if process is not None:
+            process.stop()
 
     def restart(self, *, down_for: float = 0.0) -> None:
         self.stop()

@@ -1,0 +1,76 @@
+"""The CKKS update on the wire (``protection: he``): what holder and coordinator must agree on.
+
+The data holder encrypts (``client/federation/he.py``) and the coordinator sums ciphertexts it
+cannot read (``server/federation/he_aggregate.py``); they never import each other, so the packing
+(how many values each ciphertext carries), the chunk names inside a message's ArrayRecord, the
+digest that travels next to the chunks, and the key-file names live here, once. Stdlib only: a
+TenSEAL context is passed in as an object, never imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedge.errors import KeyFileError
+
+__all__ = [
+    "CHUNK_PREFIX",
+    "PUBLIC_CONTEXT_FILE",
+    "SECRET_CONTEXT_FILE",
+    "chunk_name",
+    "chunk_sizes",
+    "context_slots",
+    "in_chunk_order",
+    "read_context_file",
+    "update_digest",
+]
+
+SECRET_CONTEXT_FILE = "he-secret.ctx"  # noqa: S105 - a file name: the holders' shared secret key
+PUBLIC_CONTEXT_FILE = "he-public.ctx"  # parameters and scale only: what the coordinator holds
+CHUNK_PREFIX = "chunk-"
+
+
+def chunk_name(index: int) -> str:
+    """The name of the ``index``-th ciphertext in an ArrayRecord; names sort in chunk order."""
+    return f"{CHUNK_PREFIX}{index:05d}"
+
+
+def in_chunk_order(names: Iterable[str]) -> list[str]:
+    """Chunk names in the order the ciphertexts were cut (zero-padded, so sorting is enough)."""
+    return sorted(names)
+
+
+def chunk_sizes(num_values: int, slots: int) -> list[int]:
+    """Values per ciphertext for an update of ``num_values`` values plus the check value."""
+    full, rest = divmod(num_values + 1, slots)
+    return [slots] * full + ([rest] if rest else [])
+
+
+def update_digest(chunks: Sequence[bytes]) -> str:
+    """SHA-256 over the chunks, each prefixed by its length (so a cut cannot move bytes across)."""
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(len(chunk).to_bytes(8, "big"))
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def context_slots(context: Any) -> int:
+    """Slots per ciphertext of a TenSEAL CKKS context: half its polynomial modulus degree."""
+    degree: int = context.seal_context().data.first_context_data().parms().poly_modulus_degree()
+    return degree // 2
+
+
+def read_context_file(path: str | os.PathLike[str], *, what: str) -> bytes:
+    """The bytes of a serialized CKKS context (``what``: "secret" or "public"); errors name it."""
+    file = Path(path)
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(
+            f"cannot read the HE {what} context ({exc.strerror})", path=str(file)
+        ) from exc
