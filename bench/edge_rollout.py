@@ -80,7 +80,7 @@ from fedge.process import ManagedProcess  # noqa: E402
 from fedge.signing import KeyPair, generate_keypair  # noqa: E402
 from fedge.tls import CertPaths, generate_federation_certs  # noqa: E402
 from policies.rollout import RolloutSpec  # noqa: E402
-from server.fleet.controller import FleetBroker, OperatorBroker, desired_for_artifact, run_rollout  # noqa: E402
+from server.fleet.controller import BrokerEndpoint, FleetClient, desired_for_artifact, run_rollout  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 FLEET = "bench"
@@ -175,9 +175,9 @@ class Broker:
             self.process.stop()
 
     @property
-    def operator(self) -> OperatorBroker:
+    def operator(self) -> BrokerEndpoint:
         assert self.certs is not None
-        return OperatorBroker(
+        return BrokerEndpoint(
             host=LOOPBACK,
             port=self.port,
             ca_file=self.certs.ca_cert,
@@ -364,7 +364,7 @@ def deploy(
         if state.stage != "succeeded":
             raise SystemExit(f"rollout {state.stage}: {state.reason}")
     else:
-        with FleetBroker(broker.operator, FLEET) as connection:
+        with FleetClient(broker.operator, FLEET) as connection:
             connection.desire_all(dict.fromkeys(devices, desired))
     keys = [(device, deployment) for device in devices]
     monitor.wait(

@@ -21,6 +21,7 @@ __all__ = [
     "CHUNK_PREFIX",
     "PUBLIC_CONTEXT_FILE",
     "SECRET_CONTEXT_FILE",
+    "check_ckks_context",
     "chunk_name",
     "chunk_sizes",
     "context_slots",
@@ -74,3 +75,19 @@ def read_context_file(path: str | os.PathLike[str], *, what: str) -> bytes:
         raise KeyFileError(
             f"cannot read the HE {what} context ({exc.strerror})", path=str(file)
         ) from exc
+
+
+def check_ckks_context(context: Any, *, source: str) -> Any:
+    """``context`` if it is a CKKS context with a global scale, else why not (naming ``source``).
+
+    Both key files (the holders' secret context, the coordinator's public one) must pass this
+    before anything is encrypted or summed under them.
+    """
+    parms = context.seal_context().data.first_context_data().parms()
+    if parms.scheme().name != "CKKS":
+        raise KeyFileError(f"a {parms.scheme().name} context, fedge needs CKKS", path=source)
+    try:
+        context.global_scale  # noqa: B018 - raises when the context was saved without a scale
+    except ValueError as exc:
+        raise KeyFileError("the context has no global scale", path=source) from exc
+    return context

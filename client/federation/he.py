@@ -76,7 +76,13 @@ import tenseal as ts
 
 from fedge.atomic import atomic_write_bytes
 from fedge.errors import FederationError, KeyFileError, UsageError
-from fedge.he_wire import chunk_sizes, context_slots, read_context_file, update_digest
+from fedge.he_wire import (
+    check_ckks_context,
+    chunk_sizes,
+    context_slots,
+    read_context_file,
+    update_digest,
+)
 
 __all__ = [
     "CHECK_TOLERANCE",
@@ -251,14 +257,7 @@ def _parse_context(data: bytes, source: str) -> Any:
         context = ts.context_from(data)
     except (ValueError, RuntimeError, TypeError) as exc:
         raise KeyFileError(f"not a TenSEAL context ({exc})", path=source) from exc
-    parms = context.seal_context().data.first_context_data().parms()
-    if parms.scheme().name != "CKKS":
-        raise KeyFileError(f"a {parms.scheme().name} context, fedge needs CKKS", path=source)
-    try:
-        context.global_scale  # noqa: B018 - raises when the context was saved without a scale
-    except ValueError as exc:
-        raise KeyFileError("the context has no global scale", path=source) from exc
-    return context
+    return check_ckks_context(context, source=source)
 
 
 def secret_context_from_bytes(data: bytes, *, source: str = "<secret context>") -> Any:

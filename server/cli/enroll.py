@@ -21,7 +21,7 @@ from fedge.cli import out
 from fedge.errors import UsageError
 
 if TYPE_CHECKING:
-    from server.enrollment.rules import IssuedToken
+    from server.enrollment.rules import IssuedToken, Purpose
     from server.enrollment.service import SuperLinkControl
 
 __all__ = ["enroll_app", "register"]
@@ -94,6 +94,20 @@ def _show_token(issued: IssuedToken, coordinator: str | None) -> None:
     )
 
 
+def _issue(
+    name: str, ca: Path, *, expires: str, workdir: Path, coordinator: str | None, purpose: Purpose
+) -> None:
+    from fedge.enroll_token import ca_fingerprint
+    from server.enrollment.registry import Registry
+    from server.enrollment.rules import parse_expires
+
+    ttl = parse_expires(expires)
+    issued = Registry.in_workdir(workdir).issue_token(
+        name, ttl=ttl, ca_sha256=ca_fingerprint(_read_ca(ca)), actor=_actor(), purpose=purpose
+    )
+    _show_token(issued, coordinator)
+
+
 @enroll_app.command("token")
 def token(
     name: Annotated[str, typer.Argument(help="The data holder's name.")],
@@ -107,15 +121,7 @@ def token(
     ] = None,
 ) -> None:
     """Issue a one-time, expiring enrollment token for a data holder (pending until used)."""
-    from fedge.enroll_token import ca_fingerprint
-    from server.enrollment.registry import Registry
-    from server.enrollment.rules import parse_expires
-
-    ttl = parse_expires(expires)
-    issued = Registry.in_workdir(workdir).issue_token(
-        name, ttl=ttl, ca_sha256=ca_fingerprint(_read_ca(ca)), actor=_actor()
-    )
-    _show_token(issued, coordinator)
+    _issue(name, ca, expires=expires, workdir=workdir, coordinator=coordinator, purpose="enroll")
 
 
 @enroll_app.command("rotate")
@@ -132,15 +138,7 @@ def rotate(
 ) -> None:
     """Issue a token that replaces an active holder's key; its old key is unregistered once
     the holder enrolls the new one."""
-    from fedge.enroll_token import ca_fingerprint
-    from server.enrollment.registry import Registry
-    from server.enrollment.rules import parse_expires
-
-    ttl = parse_expires(expires)
-    issued = Registry.in_workdir(workdir).issue_token(
-        name, ttl=ttl, ca_sha256=ca_fingerprint(_read_ca(ca)), actor=_actor(), purpose="rotate"
-    )
-    _show_token(issued, coordinator)
+    _issue(name, ca, expires=expires, workdir=workdir, coordinator=coordinator, purpose="rotate")
 
 
 @enroll_app.command("list")

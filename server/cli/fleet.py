@@ -18,7 +18,7 @@ from fedge.cli import new_app, out
 from fedge.errors import EdgeError, UsageError
 
 if TYPE_CHECKING:
-    from server.fleet.controller import OperatorBroker
+    from server.fleet.controller import BrokerEndpoint
 
 __all__ = ["fleet_app", "register"]
 
@@ -48,9 +48,9 @@ InsecureOption = Annotated[
 
 def _broker(
     address: str, ca: Path | None, username: str | None, password_file: Path | None, no_tls: bool
-) -> OperatorBroker:
+) -> BrokerEndpoint:
     from policies.rules import is_loopback_host
-    from server.fleet.controller import OperatorBroker
+    from server.fleet.controller import BrokerEndpoint
 
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -69,7 +69,7 @@ def _broker(
 
     if password:
         register_secret(password)
-    return OperatorBroker(
+    return BrokerEndpoint(
         host=host,
         port=int(port),
         ca_file=ca,

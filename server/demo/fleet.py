@@ -37,7 +37,7 @@ def run_fleet(ctx: DemoContext, artifact: Path, urls: Path) -> None:
     from policies import RolloutPolicy
     from server.demo.mosquitto import OPERATOR, LocalBroker, free_port
     from server.fleet.controller import (
-        OperatorBroker,
+        BrokerEndpoint,
         desired_for_artifact,
         fleet_snapshot,
         run_rollout,
@@ -70,7 +70,7 @@ def run_fleet(ctx: DemoContext, artifact: Path, urls: Path) -> None:
                     grace=15.0,
                 )
             )
-        operator = OperatorBroker(
+        operator = BrokerEndpoint(
             host=LOOPBACK,
             port=broker.port,
             ca_file=certs.ca_cert,

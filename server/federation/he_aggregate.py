@@ -33,7 +33,13 @@ from typing import Any
 import tenseal as ts
 
 from fedge.errors import FederationError, KeyFileError
-from fedge.he_wire import chunk_sizes, context_slots, read_context_file, update_digest
+from fedge.he_wire import (
+    check_ckks_context,
+    chunk_sizes,
+    context_slots,
+    read_context_file,
+    update_digest,
+)
 
 __all__ = [
     "MAX_TOTAL_WEIGHT",
@@ -108,14 +114,7 @@ def public_context_from_bytes(data: bytes, *, source: str = "<public context>") 
             "context (the secret one stays with the data holders)",
             path=source,
         )
-    parms = context.seal_context().data.first_context_data().parms()
-    if parms.scheme().name != "CKKS":
-        raise KeyFileError(f"a {parms.scheme().name} context, fedge needs CKKS", path=source)
-    try:
-        context.global_scale  # noqa: B018 - raises when the context was saved without a scale
-    except ValueError as exc:
-        raise KeyFileError("the context has no global scale", path=source) from exc
-    return context
+    return check_ckks_context(context, source=source)
 
 
 def load_public_context(path: str | os.PathLike[str]) -> Any:

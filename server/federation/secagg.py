@@ -20,6 +20,10 @@ fedge sampled, so the protocol stays Flower's code; it adds three small adapters
 
 The result is the weighted average of the updates (weighted by each holder's num-examples,
 quantized as Flower's mod does), within :func:`quantization_error_bound` of plain FedAvg.
+
+One job, one module (hence its length): the three adapters only make sense together, around one
+run of Flower's workflow. Every Flower internal they touch is listed in
+``server/federation/flower_internals.py``.
 """
 
 from __future__ import annotations

@@ -54,9 +54,9 @@ from policies.rollout import RolloutSpec
 from server.fleet.rollout import Action, DeviceView, RolloutState, decide, start_rollout
 
 __all__ = [
+    "BrokerEndpoint",
     "DeviceRecord",
-    "FleetBroker",
-    "OperatorBroker",
+    "FleetClient",
     "desired_for_artifact",
     "fleet_snapshot",
     "run_rollout",
@@ -66,7 +66,7 @@ log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
-class OperatorBroker:
+class BrokerEndpoint:
     """How the operator reaches the broker: TLS against ``ca_file``, its own account."""
 
     host: str
@@ -149,10 +149,10 @@ def desired_for_artifact(
         raise UsageError(f"--urls: not a valid deployment ({exc})") from exc
 
 
-class FleetBroker:
+class FleetClient:
     """A connected operator client that mirrors one fleet's device shadows."""
 
-    def __init__(self, broker: OperatorBroker, fleet: str, *, client_id: str | None = None) -> None:
+    def __init__(self, broker: BrokerEndpoint, fleet: str, *, client_id: str | None = None) -> None:
         self.fleet = fleet
         self.devices: dict[str, DeviceRecord] = {}
         self._lock = threading.Lock()
@@ -176,7 +176,7 @@ class FleetBroker:
         self._client.on_message = self._on_message
         self._broker = broker
 
-    def __enter__(self) -> FleetBroker:
+    def __enter__(self) -> FleetClient:
         self.connect()
         return self
 
@@ -339,16 +339,16 @@ def _copy(record: DeviceRecord) -> DeviceRecord:
 
 
 def fleet_snapshot(
-    broker: OperatorBroker, fleet: str, *, settle: float = 1.0
+    broker: BrokerEndpoint, fleet: str, *, settle: float = 1.0
 ) -> dict[str, DeviceRecord]:
     """Every device of ``fleet`` the broker holds retained state for, as of now."""
-    with FleetBroker(broker, fleet) as connection:
+    with FleetClient(broker, fleet) as connection:
         time.sleep(settle)  # retained messages arrive right after the subscription
         return connection.snapshot()
 
 
 def _carry_out(
-    connection: FleetBroker,
+    connection: FleetClient,
     action: Action,
     desired: DesiredState,
     previous: Mapping[str, DesiredState | None],
@@ -364,7 +364,7 @@ def _carry_out(
 
 
 def run_rollout(
-    broker: OperatorBroker,
+    broker: BrokerEndpoint,
     fleet: str,
     desired: DesiredState,
     spec: RolloutSpec,
@@ -384,7 +384,7 @@ def run_rollout(
     large batch costs one decision, not one each), at the end of the soak, and at least every
     ``poll`` seconds (for the timeout).
     """
-    with FleetBroker(broker, fleet) as connection:
+    with FleetClient(broker, fleet) as connection:
         time.sleep(discover)
         known = connection.snapshot()
         chosen = sorted(devices) if devices is not None else sorted(known)
