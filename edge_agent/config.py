@@ -68,7 +68,11 @@ def load_settings(config: str | os.PathLike[str]) -> AgentSettings:
     ca_file = _path(broker.tls.ca_file, base, "spec.broker.tls.caFile", must_exist=True)
     cert = _path(broker.tls.cert_file, base, "spec.broker.tls.certFile", must_exist=True)
     key = _path(broker.tls.key_file, base, "spec.broker.tls.keyFile", must_exist=True)
-    password = None if broker.password_ref is None else broker.password_ref.resolve(base_dir=base)
+    password = (
+        None
+        if broker.password_ref is None
+        else broker.password_ref.resolve(base_dir=base, field="spec.broker.passwordRef")
+    )
     keys = tuple(parse_public_key(value, base_dir=base) for value in spec.trusted_keys)
     state_dir = _path(spec.state_dir, base, "spec.stateDir", must_exist=False)
     folder = _path(spec.input.folder, base, "spec.input.folder", must_exist=False)

@@ -105,12 +105,18 @@ class SecretRef(Spec):
             raise ValueError("give exactly one of env or file")
         return self
 
-    def resolve(self, *, base_dir: str | os.PathLike[str] | None = None) -> str:
-        """Read the secret now (at use, not at load) and register it for log redaction."""
+    def resolve(
+        self, *, base_dir: str | os.PathLike[str] | None = None, field: str = "secretRef"
+    ) -> str:
+        """Read the secret now (at use, not at load) and register it for log redaction.
+
+        ``field`` is the reference's own name in its document (``keyRef``, ``passwordRef``...),
+        so an error quotes the field actually at fault.
+        """
         if self.env is not None:
             value = os.environ.get(self.env)
             if value is None:
-                raise UsageError(f"secretRef: environment variable {self.env} is not set")
+                raise UsageError(f"{field}: environment variable {self.env} is not set")
         else:
             assert self.file is not None  # noqa: S101 - guaranteed by _exactly_one
             path = Path(self.file)
@@ -119,7 +125,7 @@ class SecretRef(Spec):
             try:
                 value = path.read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
-                raise UsageError(f"secretRef: cannot read {path} ({exc.strerror})") from exc
+                raise UsageError(f"{field}: cannot read {path} ({exc.strerror})") from exc
         register_secret(value)
         return value
 

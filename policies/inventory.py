@@ -42,6 +42,10 @@ class Target(Spec):
     region: str = Field(min_length=1)
     residency: str = Field(min_length=1, description="a residency tag such as eu, us, ch")
     container: str | None = Field(default=None, min_length=1, description="bucket or container")
+    create_container: bool = Field(
+        default=False,
+        description="create the bucket or container on first use if it is missing",
+    )
     path: str | None = Field(default=None, min_length=1, description="folder of a local store")
     pricing: Pricing = Field(default_factory=Pricing)
     credentials: Credentials | None = None

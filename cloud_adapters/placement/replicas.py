@@ -25,7 +25,17 @@ from fedge.manifest import MANIFEST_NAME, Manifest
 __all__ = ["Event", "EventSink", "ReplicaOutcome", "ensure_replica", "remove_replica"]
 
 EventKind = Literal[
-    "check", "intact", "hide", "upload", "uploaded", "tidy", "down", "remove", "removed", "warn"
+    "check",
+    "create",
+    "intact",
+    "hide",
+    "upload",
+    "uploaded",
+    "tidy",
+    "down",
+    "remove",
+    "removed",
+    "warn",
 ]
 
 
@@ -128,6 +138,8 @@ def ensure_replica(
     started = time.perf_counter()
     name, version, target = artifact.name, artifact.version, store.target
     on_event(Event("check", target, layout.prefix(name, version)))
+    if store.create_container and store.ensure_container():
+        on_event(Event("create", target, f"container {store.container} created"))
     wanted = {layout.object_name(name, version, f.relative): f for f in artifact.files}
     survey = _survey(store, artifact, state, wanted)
     kept = survey.kept

@@ -68,8 +68,10 @@ class ArtifactStore(ABC):
         endpoint: str | None,
         retry: RetryPolicy,
         sleep: Callable[[float], None] = time.sleep,
+        create_container: bool = False,
     ) -> None:
         self.target = target
+        self.create_container = create_container
         self.provider = provider
         self.container = container
         self.endpoint = endpoint
@@ -89,6 +91,23 @@ class ArtifactStore(ABC):
             self._list_once("fedge-probe/")
 
         self._call(check, what="probe")
+
+    def ensure_container(self) -> bool:
+        """Create the container if it is missing (only where the inventory says
+        ``createContainer: true``); True when it was created. Without the flag a missing
+        container stays an error: a typo in a bucket name must not create a new bucket."""
+
+        def check() -> bool:
+            try:
+                self._driver.get_container(self.container)
+            except ContainerDoesNotExistError:
+                if not self.create_container:
+                    raise
+                self._driver.create_container(self.container)
+                return True
+            return False
+
+        return self._call(check, what="create container")
 
     def list(self, prefix: str) -> dict[str, RemoteObject]:
         """Every object under ``prefix``, by name."""

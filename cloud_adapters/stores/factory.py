@@ -32,8 +32,8 @@ def _credentials(target: Target, base_dir: Path | None) -> tuple[str, str]:
             "(keyRef and secretRef)"
         )
     try:
-        key = target.credentials.key_ref.resolve(base_dir=base_dir)
-        secret = target.credentials.secret_ref.resolve(base_dir=base_dir)
+        key = target.credentials.key_ref.resolve(base_dir=base_dir, field="keyRef")
+        secret = target.credentials.secret_ref.resolve(base_dir=base_dir, field="secretRef")
     except UsageError as exc:
         raise UsageError(f"target {target.name}: credentials.{exc}") from exc
     return key, secret
@@ -87,6 +87,7 @@ def open_store(
         "provider": target.provider,
         "endpoint": target.endpoint,
         "retry": policy,
+        "create_container": target.create_container,
     }
     if target.provider == "local":
         from cloud_adapters.stores.local import LocalStore, make_local_driver

@@ -73,6 +73,9 @@ def make_s3_driver(
         )
     else:
         driver = _AnyRegionS3Driver(access_key, secret_key, region=region, **options)
+    # Only read by create_container (createContainer: true): S3 wants the region as a new
+    # bucket's location constraint everywhere but us-east-1, where it must be absent.
+    driver.ex_location_name = "" if region == "us-east-1" else region
     return driver, host, port, secure
 
 

@@ -201,6 +201,28 @@ def test_an_unknown_bucket_gives_one_clear_error(
     assert failed.value.container in ("no-such-bucket", "no-such-container")
 
 
+@pytest.mark.parametrize("provider", ["s3", "azure"])
+def test_create_container_makes_a_missing_bucket_only_when_the_inventory_says_so(
+    provider: str,
+    moto: MotoServer,  # noqa: F811
+    azurite: AzuriteServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    name = f"fresh-{provider}-{os.getpid()}"
+    spec = s3_target(moto, name) if provider == "s3" else azure_target(azurite, name)
+    plain = open_store(Target.model_validate(spec), retry=FAST)
+    with pytest.raises(CloudError, match="does not exist"):
+        plain.ensure_container()  # a typo in a bucket name must not create a bucket
+    spec["createContainer"] = True
+    store = open_store(Target.model_validate(spec), retry=FAST)
+    assert store.ensure_container() is True
+    assert store.ensure_container() is False  # there now: nothing to create
+    store.probe()
+    small = digest_file(_file(tmp_path, "small.bin", 100), "small.bin")
+    assert store.put(small, "a/1/small.bin").size == 100
+    assert set(plain.list("a/1/")) == {"a/1/small.bin"}  # the same container, seen without the flag
+
+
 def test_an_unreachable_endpoint_is_transient_and_retried(moto: MotoServer) -> None:  # noqa: F811
     spec = s3_target(moto, "any-bucket")
     spec["endpoint"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -228,5 +250,16 @@ def test_a_missing_secret_names_the_target_and_variable(
 ) -> None:
     spec = s3_target(moto, "b", env_prefix="FEDGE_T_UNSET")
     monkeypatch.delenv("FEDGE_T_UNSET_SECRET")
-    with pytest.raises(UsageError, match="eu-s3: credentials.secretRef: environment variable"):
+    with pytest.raises(
+        UsageError,
+        match="eu-s3: credentials.secretRef: environment variable FEDGE_T_UNSET_SECRET is not set",
+    ):
+        open_store(Target.model_validate(spec))
+    # the field at fault is the one named: a missing key is keyRef, not secretRef
+    monkeypatch.setenv("FEDGE_T_UNSET_SECRET", "s")
+    monkeypatch.delenv("FEDGE_T_UNSET_KEY")
+    with pytest.raises(
+        UsageError,
+        match="eu-s3: credentials.keyRef: environment variable FEDGE_T_UNSET_KEY is not set",
+    ):
         open_store(Target.model_validate(spec))
