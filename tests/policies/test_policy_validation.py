@@ -32,8 +32,11 @@ spec:
 
 def test_every_example_is_valid_and_loads() -> None:
     files = sorted(EXAMPLES_DIR.glob("*.yaml"))
-    assert {f.stem for f in files} == {"agent", "federation", "inventory", "placement", "rollout"}
-    report = check_files(files)
+    one_machine = [f for f in files if f.stem.endswith("-local")]
+    main = [f for f in files if f not in one_machine]
+    assert {f.stem for f in main} == {"agent", "federation", "inventory", "placement", "rollout"}
+    assert {f.stem for f in one_machine} == {"inventory-local", "placement-local"}
+    report = check_files(main)
     assert report.problems == []
     assert sorted(entry.document.kind for entry in report.documents) == [
         "AgentConfig",
@@ -42,6 +45,9 @@ def test_every_example_is_valid_and_loads() -> None:
         "PlacementPolicy",
         "RolloutPolicy",
     ]
+    local = check_files(one_machine)  # the one-machine pair is checked together, as it is used
+    assert local.problems == []
+    assert sorted(e.document.kind for e in local.documents) == ["CloudInventory", "PlacementPolicy"]
 
 
 def test_three_mistakes_give_three_located_problems() -> None:
