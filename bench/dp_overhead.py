@@ -29,6 +29,11 @@ A timed step excludes data loading and warm-up steps; on CUDA the device is sync
 and after every timed step. Data loading alone (shuffled DataLoader vs Poisson DPDataLoader) is
 timed separately and shown below the table.
 
+Layout: this file holds the options, the data-loading timing, the interleaved measuring, the
+summary, the table and ``main``; its siblings in ``bench/`` (imported by bare name: a script's
+folder is on ``sys.path``) hold the rest: ``dp_arms.py`` the timed arms, ``dp_paths.py`` the models,
+data and paired arms of each path.
+
 Run: ``.venv/bin/python bench/dp_overhead.py [--quick] [--json out.json]``. The defaults
 (MiniLM, batch 32, 64 tokens, 5 steps x 5 repetitions) take about 3 to 4 minutes on an idle 2-core
 CPU; ``--quick`` about a minute.
@@ -47,16 +52,12 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-
-if TYPE_CHECKING:
-    from client.training.loop import RoundPlan
 
 for _key, _value in {
     "HF_HUB_OFFLINE": "1",
@@ -66,12 +67,9 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
-NOISE_MULTIPLIER = 1.0  # the step's cost does not depend on the noise's scale
-MAX_GRAD_NORM = 1.0
-LEARNING_RATE = 5e-4
-NUM_LABELS = 2
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
+# The arms and the paths, siblings of this file (its folder is on sys.path when run as a script)
+from dp_arms import MAX_GRAD_NORM, NOISE_MULTIPLIER, Arm, Timing  # noqa: E402
+from dp_paths import Pair, build_arms, model_source  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Options
@@ -140,379 +138,7 @@ def quiet() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Timing
-
-
-@dataclass
-class Timing:
-    """One arm's measurement in one repetition."""
-
-    seconds: float = 0.0
-    samples: int = 0
-    steps: int = 0  # optimizer steps taken (logical batches)
-    passes: int = 0  # forward/backward passes (physical batches)
-
-    @property
-    def rate(self) -> float:
-        return self.samples / self.seconds if self.seconds > 0 else math.nan
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def one_step(
-    module: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch
-) -> torch.Tensor:
-    optimizer.zero_grad(set_to_none=True)
-    input_ids, attention_mask, labels = batch
-    loss: torch.Tensor = module(
-        input_ids=input_ids, attention_mask=attention_mask, labels=labels
-    ).loss
-    loss.backward()  # type: ignore[no-untyped-call]
-    optimizer.step()
-    return loss
-
-
-def timed_step(
-    module: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, device: torch.device
-) -> float:
-    sync(device)
-    started = time.perf_counter()
-    one_step(module, optimizer, batch)
-    sync(device)
-    return time.perf_counter() - started
-
-
-class Arm:
-    """Something timed: ``run(steps)`` returns what ``steps`` steps cost.
-
-    ``per_step`` arms are interleaved step by step; the others (a whole train_round) round by
-    round.
-    """
-
-    name: str
-    per_step = True
-
-    def run(self, steps: int) -> Timing:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release what the arm holds open."""
-
-
-class FixedArm(Arm):
-    """The same batch every step; DP or not is decided by what wraps module and optimizer."""
-
-    def __init__(
-        self,
-        name: str,
-        module: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        batch: Batch,
-        device: torch.device,
-    ) -> None:
-        self.name, self.module, self.optimizer = name, module, optimizer
-        self.batch, self.device = batch, device
-
-    def run(self, steps: int) -> Timing:
-        self.module.train()
-        timing = Timing()
-        for _ in range(steps):
-            timing.seconds += timed_step(self.module, self.optimizer, self.batch, self.device)
-            timing.samples += len(self.batch[0])
-            timing.steps += 1
-            timing.passes += 1
-        return timing
-
-
-class PoissonArm(Arm):
-    """train_round's DP loop (Poisson sampling + BatchMemoryManager), each pass timed alone."""
-
-    def __init__(
-        self,
-        name: str,
-        module: torch.nn.Module,
-        optimizer: Any,  # opacus DPOptimizer
-        *,
-        loader: DataLoader[tuple[torch.Tensor, ...]],
-        max_physical: int,
-        device: torch.device,
-    ) -> None:
-        self.name, self.module, self.optimizer, self.loader = name, module, optimizer, loader
-        self.max_physical, self.device = max_physical, device
-
-        self._stream: Generator[Batch, None, None] | None = None
-
-    def _batches(self) -> Generator[Batch, None, None]:
-        from opacus.utils.batch_memory_manager import BatchMemoryManager
-
-        while True:  # epoch after epoch; the batch manager signals skipped steps to the optimizer
-            with BatchMemoryManager(
-                data_loader=self.loader,
-                max_physical_batch_size=self.max_physical,
-                optimizer=self.optimizer,
-            ) as physical:
-                for ids, mask, labels in physical:
-                    yield ids.to(self.device), mask.to(self.device), labels.to(self.device)
-
-    def run(self, steps: int) -> Timing:
-        self.module.train()
-        if self._stream is None:
-            self._stream = self._batches()
-        timing = Timing()
-        while timing.steps < steps:
-            batch = next(self._stream)  # data loading: not timed
-            timing.seconds += timed_step(self.module, self.optimizer, batch, self.device)
-            timing.samples += len(batch[0])
-            timing.passes += 1
-            if not self.optimizer._is_last_step_skipped:
-                timing.steps += 1  # a logical batch is complete: the noisy step was taken
-        return timing
-
-    def close(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-
-
-class TrainRoundArm(Arm):
-    """fedge's own ``train_round``: one round of ``steps`` logical batches, as a client runs it."""
-
-    per_step = False
-
-    def __init__(
-        self,
-        name: str,
-        model: torch.nn.Module,
-        dataset: TensorDataset,
-        *,
-        private: bool,
-        batch_size: int,
-        max_physical: int,
-        device: torch.device,
-        seed: int,
-    ) -> None:
-        self.name, self.model, self.private = name, model, private
-        self.dataset, self.batch_size, self.max_physical = dataset, batch_size, max_physical
-        self.device, self.seed, self.calls = device, seed, 0
-
-    def plan(self, steps: int) -> RoundPlan:
-        from client.training.loop import RoundPlan
-
-        return RoundPlan(
-            num_examples=min(len(self.dataset), steps * self.batch_size),
-            batch_size=self.batch_size,
-            epochs=1,
-            noise_multiplier=NOISE_MULTIPLIER,
-            max_grad_norm=MAX_GRAD_NORM,
-        )
-
-    def run(self, steps: int) -> Timing:
-        from client.training.loop import train_round
-
-        plan = self.plan(steps)
-        dataset = TensorDataset(*(t[: plan.num_examples] for t in self.dataset.tensors))
-        self.calls += 1
-        result = train_round(
-            self.model,
-            dataset,
-            plan,
-            learning_rate=LEARNING_RATE,
-            max_physical_batch_size=self.max_physical,
-            private=self.private,
-            device=self.device,
-            seed=self.seed + self.calls,
-        )
-        # passes: train_round does not report its physical batches
-        return Timing(result.seconds, result.samples_seen, result.steps, 0)
-
-
-# --------------------------------------------------------------------------------------------
-# Models and data
-
-
-def model_source(args: argparse.Namespace, workdir: Path) -> str:
-    from client.contract.model import BUILTIN_MINILM
-    from client.contract.tiny import build_tiny_model
-
-    if args.tiny:
-        return str(build_tiny_model(workdir / "tiny-model", seed=args.seed))
-    return str(args.model or BUILTIN_MINILM)
-
-
-def make_dataset(source: str, size: int, seq_len: int, seed: int) -> TensorDataset:
-    """Synthetic sentences, tokenized by fedge's ``encode`` and padded to ``seq_len``."""
-    from transformers import AutoTokenizer
-
-    from client.contract.model import resolve_model_source
-    from client.data.synthetic import generate
-    from client.training.loop import encode
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(source), local_files_only=True)
-    data = generate(num_clients=1, examples_per_client=size, seed=seed, heldout=0).clients[0]
-    return encode(tokenizer, data.texts, data.labels, max_length=seq_len)
-
-
-def lora_model(source: str, seed: int, device: torch.device) -> torch.nn.Module:
-    from client.contract.model import load_trainable_model
-    from policies.federation import LoraSpec
-
-    model = load_trainable_model(source, num_labels=NUM_LABELS, lora=LoraSpec(), seed=seed).model
-    return model.to(device)
-
-
-def plain_model(
-    source: str, seed: int, device: torch.device, *, head_only: bool
-) -> torch.nn.Module:
-    from transformers import AutoModelForSequenceClassification
-
-    from client.contract.model import resolve_model_source
-
-    torch.manual_seed(seed)
-    model: torch.nn.Module = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model_source(source), num_labels=NUM_LABELS, local_files_only=True
-    )
-    for name, param in model.named_parameters():
-        if head_only:
-            param.requires_grad_(name.startswith("classifier."))
-        else:
-            param.requires_grad_(".embeddings." not in f".{name}")
-    return model.to(device)
-
-
-def adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0)
-
-
-def make_private(
-    model: torch.nn.Module, dataset: TensorDataset, batch_size: int, *, poisson: bool, seed: int
-) -> tuple[torch.nn.Module, Any, DataLoader[tuple[torch.Tensor, ...]]]:
-    from opacus import PrivacyEngine
-
-    engine = PrivacyEngine(accountant="rdp", secure_mode=False)
-    model.train()  # Opacus refuses a model in eval mode (from_pretrained returns one)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=poisson,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        module, optimizer, dp_loader = engine.make_private(
-            module=model,
-            optimizer=adamw(model),
-            data_loader=loader,
-            noise_multiplier=NOISE_MULTIPLIER,
-            max_grad_norm=MAX_GRAD_NORM,
-            poisson_sampling=poisson,
-        )
-    return module, optimizer, dp_loader
-
-
-@dataclass
-class Pair:
-    """A path's non-DP and DP arms, compared within each repetition."""
-
-    path: str
-    how: str
-    plain: str  # arm names
-    private: str
-
-
-def fixed_pair(
-    path: str, make: Callable[[], torch.nn.Module], batch: Batch, device: torch.device, seed: int
-) -> tuple[Pair, list[Arm]]:
-    plain_model_ = make()
-    plain = FixedArm(f"{path}/fixed/plain", plain_model_, adamw(plain_model_), batch, device)
-    one = TensorDataset(*(t.cpu() for t in batch))
-    module, optimizer, _ = make_private(make(), one, len(batch[0]), poisson=False, seed=seed)
-    private = FixedArm(f"{path}/fixed/dp", module, optimizer, batch, device)
-    how = "fixed batch (raw Opacus)"
-    return Pair(path, how, plain.name, private.name), [plain, private]
-
-
-def build_arms(
-    args: argparse.Namespace, source: str, device: torch.device
-) -> tuple[list[Pair], list[Arm], TensorDataset]:
-    size = max(args.steps, args.warmup, 1) * args.batch_size
-    dataset = make_dataset(source, size, args.seq_len, args.seed)
-    batch: Batch = tuple(t[: args.batch_size].to(device) for t in dataset.tensors)  # type: ignore[assignment]
-    pairs: list[Pair] = []
-    arms: list[Arm] = []
-
-    def lora() -> torch.nn.Module:
-        return lora_model(source, args.seed, device)
-
-    pair, new = fixed_pair("lora", lora, batch, device, args.seed)
-    pairs.append(pair)
-    arms += new
-    # Poisson + BatchMemoryManager over steps * batch_size examples: len(loader) == steps.
-    module, optimizer, loader = make_private(
-        lora(), dataset, args.batch_size, poisson=True, seed=args.seed
-    )
-    poisson = PoissonArm(
-        "lora/poisson/dp",
-        module,
-        optimizer,
-        loader=loader,
-        max_physical=args.max_physical_batch_size,
-        device=device,
-    )
-    arms.append(poisson)
-    pairs.append(
-        Pair(
-            "lora",
-            f"Poisson + BMM, physical <= {args.max_physical_batch_size}",
-            pair.plain,
-            poisson.name,
-        )
-    )
-    shared = lora()  # train_round unwraps Opacus after each round: one model serves both arms
-    for private in (False, True):
-        arms.append(
-            TrainRoundArm(
-                f"lora/train_round/{'dp' if private else 'plain'}",
-                shared,
-                dataset,
-                private=private,
-                batch_size=args.batch_size,
-                max_physical=args.max_physical_batch_size,
-                device=device,
-                seed=args.seed,
-            )
-        )
-    pairs.append(
-        Pair(
-            "lora",
-            "fedge train_round",
-            "lora/train_round/plain",
-            "lora/train_round/dp",
-        )
-    )
-    if not args.no_head:
-        pair, new = fixed_pair(
-            "head",
-            lambda: plain_model(source, args.seed, device, head_only=True),
-            batch,
-            device,
-            args.seed,
-        )
-        pairs.append(pair)
-        arms += new
-    if args.full:
-        pair, new = fixed_pair(
-            "full",
-            lambda: plain_model(source, args.seed, device, head_only=False),
-            batch,
-            device,
-            args.seed,
-        )
-        pairs.append(pair)
-        arms += new
-    return pairs, arms, dataset
+# Data loading
 
 
 def time_loading(dataset: TensorDataset, batch_size: int, seed: int) -> dict[str, float]:

@@ -19,6 +19,11 @@ A labelled TSV (SST-2 by default) is subsampled and split among the clients (Dir
 skew, ``client.data.partition``) with a stratified held-out part no client sees; the central arms
 train on the union of what the clients train on (each keeps 20 % for its own evaluation).
 
+Layout: this file holds the options, the policy, the federated run and its scoring, and ``main``;
+its siblings in ``bench/`` (imported by bare name: a script's folder is on ``sys.path``) hold the
+rest: ``federated_split.py`` the split among holders and the held-out part,
+``federated_table.py`` the rows (the central ones from ``run_baseline``) and their printing.
+
 Run: ``.venv/bin/python bench/federated_accuracy.py --quick`` (600 training and 200 test
 examples, 32 tokens, 2 rounds: a minute or two on a 2-core CPU). The defaults (3000 training and
 1000 test examples, 64 tokens, 3 rounds) take a few minutes there with the head-only default;
@@ -31,12 +36,10 @@ import argparse
 import json
 import math
 import os
-import random
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,16 +53,18 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
+# The data split and the table, siblings of this file (on sys.path when run as a script)
+from federated_split import Split, split_data  # noqa: E402
+from federated_table import Row, central_rows, comparison_line, print_table  # noqa: E402
+
 if TYPE_CHECKING:
     from client.contract.labelled import LabelledData
-    from client.training.baseline import Baseline
     from policies import FederationPolicy
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "sst2" / "train.tsv"
 RUN_ID = "bench-federated-accuracy"
 MAX_GRAD_NORM = 1.0
-WITHIN_POINTS = 5.0
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -147,73 +152,7 @@ def log(message: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Data
-
-
-@dataclass
-class Split:
-    """The subsample, each client's file, the held-out part, and what the clients train on."""
-
-    clients: list[LabelledData]
-    heldout: LabelledData
-    pooled_train: LabelledData  # the union of the clients' training parts
-    client_train_sizes: list[int]
-
-
-def split_data(args: argparse.Namespace, data: LabelledData, data_dir: Path) -> Split:
-    from client.data.partition import partition_indices, write_partition
-    from client.federation.transaction import ClientSettings, split_heldout
-
-    wanted = args.train_size + args.test_size
-    if wanted > len(data):
-        raise SystemExit(
-            f"federated_accuracy: {args.data} has {len(data)} examples, fewer than the "
-            f"{wanted} asked for (--train-size + --test-size)"
-        )
-    chosen = sorted(random.Random(args.seed).sample(range(len(data)), wanted))
-    sample = data.subset(chosen)
-    partition = partition_indices(
-        sample.labels,
-        args.clients,
-        alpha=args.alpha,
-        seed=args.seed,
-        heldout_fraction=args.test_size / wanted,
-    )
-    write_partition(sample, partition, data_dir, format="tsv")
-    clients = [sample.subset(indices) for indices in partition.clients]
-    # What each simulated ClientApp trains on: its file minus its own evaluation share.
-    defaults = ClientSettings(name="bench", data_path=Path(), state_dir=Path())
-    trains = [
-        split_heldout(client, fraction=defaults.eval_fraction, seed=defaults.seed)[0]
-        for client in clients
-    ]
-    texts = [text for train in trains for text in train.texts]
-    labels = [label for train in trains for label in train.labels]
-    pooled = type(sample)(
-        texts=tuple(texts),
-        labels=tuple(labels),
-        label_names=sample.label_names,
-        path=sample.path,
-        named_labels=sample.named_labels,
-    )
-    return Split(clients, sample.subset(partition.heldout), pooled, [len(t) for t in trains])
-
-
-# --------------------------------------------------------------------------------------------
 # Runs
-
-
-@dataclass
-class Row:
-    setting: str
-    private: bool
-    epsilon: float | None
-    steps: int | None  # None where not known
-    train_examples: int
-    accuracy: float
-    loss: float  # NaN where not known (client.training.baseline reports accuracy only)
-    seconds: float  # NaN where not measured on its own
-    note: str = ""
 
 
 def policy_text(args: argparse.Namespace, source: str) -> str:
@@ -324,61 +263,6 @@ def evaluate_checkpoints(
     return scores
 
 
-def central_rows(
-    args: argparse.Namespace, policy: FederationPolicy, baseline: Baseline, seconds: float
-) -> list[Row]:
-    """The ceiling and central DP rows from ``run_baseline``'s figures.
-
-    The steps and the noise are recomputed from its plan (one run of ``epochs`` over
-    ``train_examples`` at ``batch_size``), the way it computes them.
-    """
-    from client.privacy.accounting import epsilon_for, noise_for_budget
-
-    per_epoch = math.ceil(baseline.train_examples / baseline.batch_size)
-    steps = baseline.epochs * per_epoch
-    plan = f"batch {baseline.batch_size} x {baseline.epochs} epochs, lr {baseline.learning_rate:g}"
-    rows = [
-        Row(
-            "central non-DP",
-            False,
-            None,
-            steps,
-            baseline.train_examples,
-            baseline.ceiling,
-            math.nan,
-            seconds,
-            f"{plan}; seconds: every central arm (one run_baseline)",
-        )
-    ]
-    if baseline.central_dp is not None:
-        privacy = policy.spec.privacy
-        sigma = noise_for_budget(
-            target_epsilon=privacy.target_epsilon,
-            delta=privacy.delta,
-            sample_rate=1.0 / per_epoch,
-            steps_per_round=steps,
-            rounds=1,
-            accountant=privacy.accountant,
-        )
-        spent = epsilon_for(
-            [(sigma, 1.0 / per_epoch, steps)], delta=privacy.delta, accountant=privacy.accountant
-        )
-        rows.append(
-            Row(
-                "central DP",
-                True,
-                spent,
-                steps,
-                baseline.train_examples,
-                baseline.central_dp,
-                math.nan,
-                math.nan,
-                f"same plan; noise multiplier {sigma:.3f}",
-            )
-        )
-    return rows
-
-
 def client_plans(args: argparse.Namespace, split: Split) -> list[str]:
     """What each holder's ClientApp trains with: client.training.plan, as the ClientApp calls it."""
     from client.training.plan import choose_training
@@ -394,73 +278,6 @@ def client_plans(args: argparse.Namespace, split: Split) -> list[str]:
         ).describe()
         for size in split.client_train_sizes
     ]
-
-
-# --------------------------------------------------------------------------------------------
-# Output
-
-
-def _number(value: float, digits: int) -> str:
-    return "-" if math.isnan(value) else f"{value:.{digits}f}"
-
-
-def setting_text(value: Any) -> str:
-    return "auto" if value is None else str(value)
-
-
-def print_table(rows: list[Row], meta: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    head = "head only" if not meta["lora_rank"] else f"LoRA rank {meta['lora_rank']}"
-    table = Table(
-        title=(
-            f"Held-out accuracy: {meta['model']} ({meta['pooling']} pooling, {head}), "
-            f"{meta['data_name']} ({meta['train_size']} train / {meta['test_size']} held out), "
-            f"{meta['clients']} clients (Dirichlet alpha {meta['alpha']}), {meta['rounds']} "
-            f"rounds, batch {setting_text(meta['batch_size'])}, local epochs "
-            f"{setting_text(meta['local_epochs'])}, lr {setting_text(meta['learning_rate'])}, "
-            f"{meta['max_length']} tokens, epsilon {meta['epsilon']}"
-        )
-    )
-    for name, justify in (
-        ("setting", "left"),
-        ("DP", "left"),
-        ("epsilon spent", "right"),
-        ("optimizer steps", "right"),
-        ("train examples", "right"),
-        ("accuracy", "right"),
-        ("loss", "right"),
-        ("seconds", "right"),
-        ("note", "left"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for row in rows:
-        table.add_row(
-            row.setting,
-            "yes" if row.private else "no",
-            "-" if row.epsilon is None else f"{row.epsilon:.2f}",
-            "-" if row.steps is None else str(row.steps),
-            str(row.train_examples),
-            _number(row.accuracy, 4),
-            _number(row.loss, 4),
-            _number(row.seconds, 0),
-            row.note,
-        )
-    console = Console(width=max(150, Console().width))
-    console.print(table)
-
-
-def comparison_line(rows: list[Row]) -> str | None:
-    by_setting = {row.setting: row for row in rows}
-    federated, central = by_setting.get("federated DP"), by_setting.get("central non-DP")
-    if federated is None or central is None:
-        return None
-    points = 100 * (federated.accuracy - central.accuracy)
-    within = "yes" if points >= -WITHIN_POINTS else "no"
-    return (
-        f"federated DP vs central non-DP: {points:+.1f} points (within {WITHIN_POINTS:g}: {within})"
-    )
 
 
 def leftover_children(wait: float = 15.0) -> list[str]:

@@ -28,6 +28,12 @@ degree): bytes per float32 value and the precision each keeps, for the textbook 
 tutorial parameters, fractional weights by plaintext multiplication and rescaling) and for
 fedge's (integer weights by doubling and adding, one data prime, see ``client/federation/he.py``).
 
+Layout: this file holds the options, the plain arm, the interleaved measuring, the tables and
+``main``; its siblings in ``bench/`` (imported by bare name: a script's folder is on ``sys.path``)
+hold the rest: ``aggregation_workload.py`` the updates and the cost record every arm shares,
+``secagg_round.py`` the SecAgg+ arm, ``he_round.py`` the CKKS arm, ``he_sweep.py`` the parameter
+sweep.
+
 Run: ``.venv/bin/python bench/protected_aggregation.py [--quick] [--json out.json]``. ``--quick``
 (one repetition) takes about 15 s on an idle 2-core CPU, mostly the 1M-value CKKS arm; the
 default (three repetitions) under a minute. Peak memory is about 1 GB (ten 1M-value updates held
@@ -46,16 +52,20 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
-Floats = npt.NDArray[np.float32]
+# The arms and the sweep, siblings of this file (its folder is on sys.path when run as a script)
+from aggregation_workload import RoundCost, Workload, make_workload, timed
+from he_round import HeSetup, he_setup, run_he
+from he_sweep import SweepRow, sweep
+from secagg_round import SecAggConfig, run_secagg
+
 ARMS = ("plain", "secagg", "he")
 
 
@@ -86,49 +96,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # --------------------------------------------------------------------------------------------
-# Workload
-
-
-@dataclass
-class Workload:
-    updates: list[Floats]
-    counts: list[int]
-    reference: npt.NDArray[np.float64]  # FedAvg in float64
-
-
-def make_workload(size: int, clients: int, seed: int) -> Workload:
-    """Values of the scale of LoRA deltas (|x| from 1e-3 to 1, both signs), counts 100..1000."""
-    rng = np.random.default_rng(seed)
-    updates = [
-        (rng.uniform(-1, 1, size) * 10 ** rng.uniform(-3, 0, size)).astype(np.float32)
-        for _ in range(clients)
-    ]
-    counts = [int(c) for c in rng.integers(100, 1001, clients)]
-    acc = np.zeros(size)
-    for update, count in zip(updates, counts, strict=True):
-        acc += count * update.astype(np.float64)
-    return Workload(updates, counts, acc / sum(counts))
-
-
-@dataclass
-class RoundCost:
-    """One arm's round: per-holder seconds, coordinator seconds, bytes, and the result's error."""
-
-    client_s: list[float] = field(default_factory=list)
-    server_s: float = 0.0
-    decode_s: float = 0.0
-    bytes_up: int = 0  # one holder's upload (the median holder for SecAgg+, all equal otherwise)
-    bytes_down: int = 0
-    max_err: float = 0.0
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    started = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - started
-
-
-# --------------------------------------------------------------------------------------------
 # plain
 
 
@@ -151,251 +118,6 @@ def run_plain(work: Workload) -> RoundCost:
     result, cost.server_s = timed(aggregate)
     decoded, cost.decode_s = timed(lambda: bytes_to_ndarray(result))
     cost.bytes_up, cost.bytes_down = len(sent[0]), len(result)
-    cost.max_err = float(np.max(np.abs(decoded.astype(np.float64) - work.reference)))
-    return cost
-
-
-# --------------------------------------------------------------------------------------------
-# SecAgg+ with Flower's primitives (the steps of flwr's secaggplus_mod and SecAggPlusWorkflow)
-
-
-@dataclass(frozen=True)
-class SecAggConfig:
-    """The SecAggPlusWorkflow defaults fedge uses (server/federation/secagg.py)."""
-
-    clipping_range: float = 8.0
-    quantization_range: int = 2**22
-    modulus_range: int = 2**32
-    max_weight: float = 1000.0
-    threshold_fraction: float = 0.5
-
-
-class SecAggRound:
-    """One SecAgg+ round among all holders, stage by stage as Flower runs it, timed per holder.
-
-    The stages follow ``flwr.client.mod.secure_aggregation.secaggplus_mod`` (setup, share keys,
-    collect masked vectors, unmask) and the unmasking of ``SecAggPlusWorkflow``, with Flower's own
-    primitives; the transport is left out, its bytes are counted.
-    """
-
-    def __init__(self, work: Workload, config: SecAggConfig) -> None:
-        self.work, self.config = work, config
-        self.nids = list(range(1, len(work.updates) + 1))
-        self.threshold = max(2, math.ceil(config.threshold_fraction * len(self.nids)))
-        self.client_s = dict.fromkeys(self.nids, 0.0)
-        self.up = dict.fromkeys(self.nids, 0)
-        self.keys: dict[int, tuple[bytes, bytes, bytes, bytes]] = {}  # sk1, pk1, sk2, pk2
-        self.seeds: dict[int, bytes] = {}
-        self.own_shares: dict[int, bytes] = {}
-        self.inbox: dict[int, list[tuple[int, bytes]]] = {nid: [] for nid in self.nids}
-        self.held: dict[int, dict[int, bytes]] = {}  # holder -> owner -> seed share
-        self.masked: dict[int, list[bytes]] = {}
-
-    def charge(self, nid: int, fn: Callable[[], Any]) -> Any:
-        value, seconds = timed(fn)
-        self.client_s[nid] += seconds
-        return value
-
-    def setup(self, nid: int) -> None:
-        from flwr.supercore.primitives.asymmetric import (
-            generate_key_pairs,
-            private_key_to_bytes,
-            public_key_to_bytes,
-        )
-
-        def make() -> tuple[bytes, bytes, bytes, bytes]:
-            sk1, pk1 = generate_key_pairs()
-            sk2, pk2 = generate_key_pairs()
-            return (
-                private_key_to_bytes(sk1),
-                public_key_to_bytes(pk1),
-                private_key_to_bytes(sk2),
-                public_key_to_bytes(pk2),
-            )
-
-        self.keys[nid] = self.charge(nid, make)
-        self.up[nid] += len(self.keys[nid][1]) + len(self.keys[nid][3])
-
-    def _shared(self, nid: int, peer: int, pair: int) -> bytes:
-        from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
-            generate_shared_key,
-        )
-        from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
-
-        secret, public = (0, 1) if pair == 1 else (2, 3)
-        key: bytes = generate_shared_key(
-            bytes_to_private_key(self.keys[nid][secret]),
-            bytes_to_public_key(self.keys[peer][public]),
-        )
-        return key
-
-    def share_keys(self, nid: int) -> None:
-        from flwr.common.secure_aggregation.crypto.shamir import create_shares
-        from flwr.common.secure_aggregation.crypto.symmetric_encryption import encrypt
-        from flwr.common.secure_aggregation.secaggplus_utils import share_keys_plaintext_concat
-
-        def make() -> list[tuple[int, bytes]]:
-            self.seeds[nid] = os.urandom(32)
-            b_shares = create_shares(self.seeds[nid], self.threshold, len(self.nids))
-            sk1_shares = create_shares(self.keys[nid][0], self.threshold, len(self.nids))
-            out = []
-            for idx, peer in enumerate(self.nids):
-                if peer == nid:
-                    self.own_shares[nid] = b_shares[idx]
-                    continue
-                plaintext = share_keys_plaintext_concat(nid, peer, b_shares[idx], sk1_shares[idx])
-                out.append((peer, encrypt(self._shared(nid, peer, 2), plaintext)))
-            return out
-
-        for peer, ciphertext in self.charge(nid, make):
-            self.inbox[peer].append((nid, ciphertext))
-            self.up[nid] += len(ciphertext)
-
-    def collect_masked(self, nid: int, update: Floats, count: int) -> None:
-        from flwr.common import ndarray_to_bytes
-        from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt
-        from flwr.common.secure_aggregation.ndarrays_arithmetic import (
-            factor_combine,
-            parameters_addition,
-            parameters_mod,
-            parameters_multiply,
-            parameters_subtraction,
-        )
-        from flwr.common.secure_aggregation.quantization import quantize
-        from flwr.common.secure_aggregation.secaggplus_utils import (
-            pseudo_rand_gen,
-            share_keys_plaintext_separate,
-        )
-
-        config, mod = self.config, self.config.modulus_range
-
-        def make() -> list[bytes]:
-            self.held[nid] = {nid: self.own_shares[nid]}
-            for src, ciphertext in self.inbox[nid]:
-                plaintext = decrypt(self._shared(nid, src, 2), ciphertext)
-                self.held[nid][src] = share_keys_plaintext_separate(plaintext)[2]
-            q_ratio = round(count / config.max_weight * config.quantization_range)
-            params = parameters_multiply([update], q_ratio / config.quantization_range)
-            quantized = quantize(params, config.clipping_range, config.quantization_range)
-            quantized = factor_combine(q_ratio, quantized)
-            dims = [a.shape for a in quantized]
-            quantized = parameters_addition(quantized, pseudo_rand_gen(self.seeds[nid], mod, dims))
-            for peer in self.nids:
-                if peer != nid:
-                    pairwise = pseudo_rand_gen(self._shared(nid, peer, 1), mod, dims)
-                    combine = parameters_addition if nid > peer else parameters_subtraction
-                    quantized = combine(quantized, pairwise)
-            return [ndarray_to_bytes(a) for a in parameters_mod(quantized, mod)]
-
-        self.masked[nid] = self.charge(nid, make)
-        self.up[nid] += sum(len(b) for b in self.masked[nid])
-
-    def unmask(self) -> bytes:
-        """The coordinator: sum, reconstruct every seed from shares, remove masks, dequantize."""
-        from flwr.common import bytes_to_ndarray, ndarray_to_bytes
-        from flwr.common.secure_aggregation.crypto.shamir import combine_shares
-        from flwr.common.secure_aggregation.ndarrays_arithmetic import (
-            factor_extract,
-            parameters_addition,
-            parameters_mod,
-            parameters_subtraction,
-        )
-        from flwr.common.secure_aggregation.quantization import dequantize
-        from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
-
-        config, mod = self.config, self.config.modulus_range
-        total: list[Any] | None = None
-        for blobs in self.masked.values():
-            vec = [bytes_to_ndarray(b) for b in blobs]
-            total = vec if total is None else parameters_addition(total, vec)
-        assert total is not None
-        total = parameters_mod(total, mod)
-        shapes = [a.shape for a in total]
-        for nid in self.nids:
-            shares = [self.held[peer][nid] for peer in self.nids[: self.threshold]]
-            private = pseudo_rand_gen(combine_shares(shares), mod, shapes)
-            total = parameters_subtraction(total, private)
-        q_total, recon = factor_extract(parameters_mod(total, mod))
-        (mean,) = dequantize(recon, config.clipping_range, config.quantization_range)
-        mean += -(len(self.nids) - 1) * config.clipping_range
-        mean *= config.quantization_range / q_total
-        return bytes(ndarray_to_bytes(mean.astype(np.float32)))
-
-
-def run_secagg(work: Workload, config: SecAggConfig) -> RoundCost:
-    from flwr.common import bytes_to_ndarray
-
-    secagg = SecAggRound(work, config)
-    for nid in secagg.nids:
-        secagg.setup(nid)
-    for nid in secagg.nids:
-        secagg.share_keys(nid)
-    for nid, update, count in zip(secagg.nids, work.updates, work.counts, strict=True):
-        secagg.collect_masked(nid, update, count)
-    for nid in secagg.nids:  # stage 3: each holder sends the seed shares it holds
-        secagg.up[nid] += sum(len(share) for share in secagg.held[nid].values())
-    result, server_s = timed(secagg.unmask)
-    decoded, decode_s = timed(lambda: bytes_to_ndarray(result))
-    return RoundCost(
-        client_s=list(secagg.client_s.values()),
-        server_s=server_s,
-        decode_s=decode_s,
-        bytes_up=int(statistics.median(secagg.up.values())),
-        bytes_down=len(result),
-        max_err=float(np.max(np.abs(decoded.astype(np.float64) - work.reference))),
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# CKKS (fedge's client/federation/he.py and server/federation/he_aggregate.py)
-
-
-@dataclass
-class HeSetup:
-    secret: Any
-    public: Any
-    keygen_s: float
-    max_total_weight: int
-
-
-def he_setup(params: Any) -> HeSetup:
-    from client.federation.he import generate_keys, secret_context_from_bytes
-    from server.federation.he_aggregate import public_context_from_bytes
-
-    keys, seconds = timed(lambda: generate_keys(params))
-    return HeSetup(
-        secret_context_from_bytes(keys.secret_context),
-        public_context_from_bytes(keys.public_context),
-        seconds,
-        params.max_total_weight,
-    )
-
-
-def run_he(work: Workload, he: HeSetup) -> RoundCost:
-    from client.federation.he import decrypt_aggregate, encrypt_update
-    from server.federation.he_aggregate import ClientUpdate, aggregate_encrypted
-
-    cost = RoundCost()
-    sent = []
-    for index, (update, count) in enumerate(zip(work.updates, work.counts, strict=True)):
-        encrypted, seconds = timed(functools.partial(encrypt_update, he.secret, [update]))
-        cost.client_s.append(seconds)
-        sent.append(ClientUpdate(f"h{index}", encrypted.chunks, count, encrypted.digest))
-    size = work.reference.size
-    result, cost.server_s = timed(
-        lambda: aggregate_encrypted(
-            he.public,
-            sent,
-            num_values=size,
-            minimum=len(sent),
-            max_total_weight=he.max_total_weight,
-        )
-    )
-    (decoded,), cost.decode_s = timed(
-        lambda: decrypt_aggregate(he.secret, result.chunks, [(size,)], result.total_weight)
-    )
-    cost.bytes_up = sum(len(c) for c in sent[0].chunks)
-    cost.bytes_down = result.bytes_out
     cost.max_err = float(np.max(np.abs(decoded.astype(np.float64) - work.reference)))
     return cost
 
@@ -466,131 +188,6 @@ def summarise(results: dict[int, dict[str, list[RoundCost]]]) -> list[dict[str, 
                     "server_vs_plain": ratio(lambda c: c.server_s),
                 }
             )
-    return rows
-
-
-# --------------------------------------------------------------------------------------------
-# Parameter sweep
-
-
-@dataclass
-class SweepRow:
-    layout: str
-    degree: int
-    primes: list[int]
-    scale_bits: int
-    encryption: str
-    up_x_f32: float
-    down_x_f32: float
-    raw_x_f32: float  # the same ciphertext without SEAL's compression
-    max_err: float
-    rel_err_max: float  # max error over the largest |FedAvg| value
-    rel_err_small: float  # worst relative error among values with |FedAvg| >= 1e-3
-    chosen: bool = False
-
-
-def _errors(
-    got: npt.NDArray[np.float64], ref: npt.NDArray[np.float64]
-) -> tuple[float, float, float]:
-    err = np.abs(got - ref)
-    big = np.abs(ref) >= 1e-3
-    return (
-        float(err.max()),
-        float(err.max() / np.abs(ref).max()),
-        float(np.max(err[big] / np.abs(ref[big]))),
-    )
-
-
-def sweep_textbook(work: Workload, degree: int, primes: list[int], scale_bits: int) -> SweepRow:
-    """The usual CKKS weighted sum: multiply by n_i / sum(n) in plaintext, rescale, add."""
-    import tenseal as ts
-
-    context = ts.context(ts.SCHEME_TYPE.CKKS, degree, coeff_mod_bit_sizes=primes)
-    context.global_scale = float(2**scale_bits)
-    slots = degree // 2
-    total = sum(work.counts)
-    ups, acc = 0, None
-    for update, count in zip(work.updates, work.counts, strict=True):
-        blobs = [
-            ts.ckks_vector(context, update[i : i + slots].tolist()).serialize()
-            for i in range(0, update.size, slots)
-        ]
-        ups = sum(len(b) for b in blobs)
-        vectors = [ts.ckks_vector_from(context, b) * (count / total) for b in blobs]
-        acc = vectors if acc is None else [a + v for a, v in zip(acc, vectors, strict=True)]
-    assert acc is not None
-    downs = [v.serialize() for v in acc]
-    got = np.concatenate([np.asarray(ts.ckks_vector_from(context, d).decrypt()) for d in downs])
-    size = 4 * work.reference.size
-    err = _errors(got, work.reference)
-    return SweepRow(
-        "textbook",
-        degree,
-        primes,
-        scale_bits,
-        "public-key",
-        ups / size,
-        sum(len(d) for d in downs) / size,
-        8 * (len(primes) - 1),
-        *err,
-    )
-
-
-def sweep_fedge(work: Workload, params: Any, chosen: bool) -> SweepRow:
-    from client.federation.he import decrypt_aggregate, encrypt_update
-    from server.federation.he_aggregate import ClientUpdate, aggregate_encrypted
-
-    he = he_setup(params)
-    sent = []
-    for index, (update, count) in enumerate(zip(work.updates, work.counts, strict=True)):
-        enc = encrypt_update(he.secret, [update], max_abs=params.max_abs)
-        sent.append(ClientUpdate(f"h{index}", enc.chunks, count, enc.digest))
-    # Full ciphertexts: the update plus the check value fill every slot at every degree.
-    size = work.reference.size
-    result = aggregate_encrypted(he.public, sent, num_values=size, minimum=len(sent))
-    (got,) = decrypt_aggregate(
-        he.secret, result.chunks, [(size,)], result.total_weight, dtype=np.float64
-    )
-    values = 4 * (size + 1)
-    return SweepRow(
-        "fedge",
-        params.poly_modulus_degree,
-        list(params.coeff_mod_bit_sizes),
-        params.scale_bits,
-        "symmetric" if params.symmetric else "public-key",
-        sum(len(c) for c in sent[0].chunks) / values,
-        result.bytes_out / values,
-        8 * (len(params.coeff_mod_bit_sizes) - 1),
-        *_errors(got, work.reference),
-        chosen=chosen,
-    )
-
-
-def sweep(clients: int, seed: int, log: Callable[[str], None]) -> list[SweepRow]:
-    from client.federation.he import DEFAULT_PARAMS, HeParams
-
-    work = make_workload(16_383, clients, seed)
-    rows = []
-    for degree, primes, scale in [
-        (8192, [60, 40, 40, 60], 40),  # TenSEAL's tutorial parameters
-        (8192, [60, 40, 60], 40),
-        (4096, [40, 21, 40], 21),
-        (4096, [30, 25, 30], 25),
-    ]:
-        rows.append(sweep_textbook(work, degree, primes, scale))
-        log(f"sweep: textbook {degree} {primes}")
-    variants: list[dict[str, Any]] = [
-        {},
-        {"symmetric": False},
-        {"coeff_mod_bit_sizes": (60, 20), "scale_bits": 34},
-        {"coeff_mod_bit_sizes": (52, 20), "scale_bits": 26},
-        {"coeff_mod_bit_sizes": (48, 20), "scale_bits": 22},
-        {"poly_modulus_degree": 8192},
-    ]
-    for kwargs in variants:
-        params = HeParams(**kwargs)
-        rows.append(sweep_fedge(work, params, chosen=params == DEFAULT_PARAMS))
-        log(f"sweep: fedge {params}")
     return rows
 
 
