@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from client.node.enroll import enroll_command
-from fedge.cli import main_for, new_app, out
+from fedge.cli import Column, OutputFormat, OutputOption, emit, main_for, new_app, out
 from fedge.he_wire import PUBLIC_CONTEXT_FILE, SECRET_CONTEXT_FILE
 
 __all__ = ["app", "main"]
@@ -247,34 +247,67 @@ def baseline(
         atomic_write_text(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
 
 
+BUDGET_COLUMNS = (
+    Column("run", lambda r: r["runId"]),
+    Column("round", lambda r: str(r["round"]), justify="right"),
+    Column("noise", lambda r: f"{r['noiseMultiplier']:.3f}", justify="right"),
+    Column("sample rate", lambda r: f"{r['sampleRate']:.4f}", justify="right"),
+    Column("steps", lambda r: str(r["steps"]), justify="right"),
+    Column("epsilon +", lambda r: f"{r['epsilonRound']:.3f}", justify="right"),
+    Column("epsilon total", lambda r: f"{r['epsilonTotal']:.3f}", justify="right"),
+    Column("federation", lambda r: r["federation"], wide=True),
+    Column("recorded", lambda r: r["recordedAt"], wide=True),
+)
+
+
 @app.command("budget")
-def budget(policy: PolicyOption, state_dir: StateOption) -> None:
+def budget(
+    policy: PolicyOption, state_dir: StateOption, output: OutputOption = OutputFormat.TABLE
+) -> None:
     """Print your privacy ledger: epsilon spent per round and in total, against your budget."""
     from client.privacy.ledger import PrivacyLedger
+    from fedge.output import document
     from policies import FederationPolicy, load_one
 
     ledger = PrivacyLedger.for_policy(state_dir, load_one(policy, FederationPolicy))
     summary = ledger.summary()
-    table = Table(
-        title=f"privacy ledger {summary['budget_key']} ({summary['accountant']}, "
-        f"delta {summary['delta']:g})"
+    items = [
+        {
+            "federation": row["federation"],
+            "runId": row["run_id"],
+            "round": row["round"],
+            "noiseMultiplier": row["noise_multiplier"],
+            "sampleRate": row["sample_rate"],
+            "steps": row["steps"],
+            "epsilonRound": row["epsilon_round"],
+            "epsilonTotal": row["epsilon_total"],
+            "targetEpsilon": row["target_epsilon"],
+            "recordedAt": row["recorded_at"],
+        }
+        for row in summary["rounds"]
+    ]
+    doc = document(
+        "PrivacyBudget",
+        items,
+        ledger=summary["path"],
+        budgetKey=summary["budget_key"],
+        federation=summary["federation"],
+        accountant=summary["accountant"],
+        delta=summary["delta"],
+        targetEpsilon=summary["target_epsilon"],
+        spent=summary["spent"],
+        remaining=summary["remaining"],
     )
-    for column in ("run", "round", "noise", "sample rate", "steps", "epsilon +", "epsilon total"):
-        table.add_column(column, justify="left" if column == "run" else "right")
-    for row in summary["rounds"]:
-        table.add_row(
-            row["run_id"],
-            str(row["round"]),
-            f"{row['noise_multiplier']:.3f}",
-            f"{row['sample_rate']:.4f}",
-            str(row["steps"]),
-            f"{row['epsilon_round']:.3f}",
-            f"{row['epsilon_total']:.3f}",
-        )
-    out.print(table)
-    out.print(
-        f"spent epsilon {summary['spent']:.3f} of {summary['target_epsilon']:g} "
-        f"(remaining {summary['remaining']:.3f}); ledger {summary['path']}"
+    emit(
+        doc,
+        output,
+        columns=BUDGET_COLUMNS,
+        title=f"privacy ledger {summary['budget_key']} ({summary['accountant']}, "
+        f"delta {summary['delta']:g})",
+        notes=[
+            f"spent epsilon {summary['spent']:.3f} of {summary['target_epsilon']:g} "
+            f"(remaining {summary['remaining']:.3f}); ledger {summary['path']}"
+        ],
     )
 
 
@@ -293,7 +326,12 @@ def start(
         typer.Option("--ca", help="The federation's CA certificate (default: from enroll)."),
     ] = None,
     name: Annotated[
-        str | None, typer.Option("--name", help="Your name in the federation's metrics.")
+        str | None,
+        typer.Option(
+            "--name",
+            help="Your name in the federation's metrics (default: the name you enrolled as; "
+            "refused if it differs from it).",
+        ),
     ] = None,
     port: Annotated[
         int, typer.Option("--port", min=1, max=65535, help="Local port for the SuperNode's API.")
@@ -307,28 +345,41 @@ def start(
         ),
     ] = True,
 ) -> None:
-    """Join a federation: check your data and model, then run a SuperNode until Ctrl-C.
+    """Join a federation: check your data and model, then run a SuperNode until stopped.
 
     After ``fedge-client enroll`` the SuperLink address, the CA and the node's key come from
-    the state directory's ``join.json``; ``--superlink``/``--ca`` override them.
-    """
-    import time
+    the state directory's ``join.json``; ``--superlink``/``--ca`` override them, and the name
+    in the federation's metrics is the enrolled one.
 
+    Prints one line per round this machine took part in (trained or declined, epsilon spent
+    of your budget). Ctrl-C stops the SuperNode and everything it started (exit 130); so does
+    SIGTERM, as systemd and docker stop send it (exit 0). Exit 77: the coordinator revoked
+    this node (enroll again under a new name); exit 1: the SuperNode stopped for another
+    reason (its log says why); exit 2: bad input.
+    """
     from client.contract.labelled import load_labelled
     from client.contract.model import resolve_model_source
-    from client.node.enroll import JOIN_FILE, load_join
+    from client.node.enroll import JOIN_FILE, JoinInfo, load_join
+    from client.node.holder import check_not_revoked, serve
     from client.node.supernode import (
         SuperNodeProcess,
         WarmSuperNodeProcess,
         supernode_command,
         warm_commands,
     )
-    from fedge.errors import FederationError, UsageError
+    from fedge.errors import UsageError
     from policies import FederationPolicy, load_one
 
     auth_key: Path | None = None
+    joined: JoinInfo | None = None
     if (state_dir / JOIN_FILE).exists():
         joined = load_join(state_dir)
+        if name is not None and name != joined.name:
+            raise UsageError(
+                f"--name {name}: this state folder is enrolled as {joined.name} "
+                f"({state_dir / JOIN_FILE}); leave --name out or give {joined.name}"
+            )
+        name = joined.name
         superlink = superlink or joined.superlink
         ca = ca or Path(joined.root_certificates)
         auth_key = Path(joined.auth_private_key)
@@ -339,13 +390,15 @@ def start(
     doc = load_one(policy, FederationPolicy)
     resolve_model_source(doc.spec.model.source, base_dir=policy.parent)
     loaded = load_labelled(data, num_labels=doc.spec.model.num_labels)
+    check_not_revoked(joined, state_dir)
+    client_name = name or doc.metadata.name + "-client"
     settings: dict[str, Any] = {
         "superlink": superlink,
         "root_certificates": ca,
         "runtime_port": port,
         "data_path": data,
         "state_dir": state_dir,
-        "client_name": name or doc.metadata.name + "-client",
+        "client_name": client_name,
         "policy_path": policy,
         "auth_private_key": auth_key,
     }
@@ -354,14 +407,24 @@ def start(
         node = WarmSuperNodeProcess(warm_commands(**settings), state_dir=state_dir)
     else:
         node = SuperNodeProcess(supernode_command(**settings), state_dir=state_dir)
-    with node:
-        logs = f"{node.log_path}" + (
-            f", {node.superexec_log_path}" if isinstance(node, WarmSuperNodeProcess) else ""
+    logs = f"{node.log_path}" + (
+        f", {node.superexec_log_path}" if isinstance(node, WarmSuperNodeProcess) else ""
+    )
+
+    def joined_line() -> None:
+        out.print(
+            f"joined {superlink} as {client_name} with {len(loaded)} examples; log {logs}",
+            markup=False,
         )
-        out.print(f"joined {superlink} with {len(loaded)} examples; log {logs}")
-        while node.running():
-            time.sleep(0.5)
-        raise FederationError(f"the SuperNode stopped; see {logs}")
+
+    serve(
+        node,
+        state_dir=state_dir,
+        join=joined,
+        on_start=joined_line,
+        say=lambda line: out.print(line, markup=False),
+    )
+    out.print("stopped on SIGTERM: the SuperNode and everything it started are stopped")
 
 
 app.command("enroll")(enroll_command)

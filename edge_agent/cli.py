@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fedge.cli import main_for, new_app, out
+from fedge.cli import JsonFlag, OutputFormat, OutputOption, main_for, new_app, out, output_format
 from fedge.signing import PublicKey, parse_public_key
 
 __all__ = ["app", "main"]
@@ -91,30 +91,33 @@ def run(
 @app.command("status")
 def status(
     config: ConfigOption,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    output: OutputOption = OutputFormat.TABLE,
+    as_json: JsonFlag = False,
 ) -> None:
     """What this device serves and how its last deployment went (from the state directory)."""
-    import json
-
     from edge_agent.config import load_settings
     from edge_agent.status import local_status
+    from fedge.output import document, render
 
-    settings = load_settings(config)
-    doc = local_status(settings)
-    if as_json:
-        out.print(json.dumps(doc, indent=2, sort_keys=True), markup=False)
+    fmt = output_format(output, as_json)
+    doc = document("AgentStatus", **local_status(load_settings(config)))
+    if fmt.is_document:
+        out.file.write(render(doc, fmt))
         return
-    for line in format_status(doc):
+    for line in format_status(doc, wide=fmt is OutputFormat.WIDE):
         out.print(line, markup=False)
 
 
-def format_status(doc: dict[str, object]) -> list[str]:
-    """The human form of :func:`edge_agent.status.local_status`."""
+def format_status(doc: dict[str, object], *, wide: bool = False) -> list[str]:
+    """The human form of :func:`edge_agent.status.local_status`; ``wide`` adds full digests,
+    the state folder and when the deployment last moved."""
 
     def model(entry: object) -> str:
         if not isinstance(entry, dict):
             return "none"
-        return f"{entry['name']} {entry['version']} (sha256 {str(entry['manifestSha256'])[:12]}…)"
+        digest = str(entry["manifestSha256"])
+        shown = digest if wide else f"{digest[:12]}…"
+        return f"{entry['name']} {entry['version']} (sha256 {shown})"
 
     deployment = doc.get("deployment")
     running = "running" if doc["running"] else "not running"
@@ -127,10 +130,17 @@ def format_status(doc: dict[str, object]) -> list[str]:
     if isinstance(deployment, dict):
         error = f": {deployment['error']}" if deployment.get("error") else ""
         lines.append(f"deployment  {deployment['deploymentId']} {deployment['phase']}{error}")
+        if wide:
+            lines.append(
+                f"            {deployment['artifact']} {deployment['version']}, "
+                f"updated {deployment['updatedAt']}"
+            )
     else:
         lines.append("deployment  none yet")
     if doc.get("httpPort") is not None:
         lines.append(f"http        127.0.0.1:{doc['httpPort']}")
+    if wide:
+        lines.append(f"state       {doc['stateDir']}")
     return lines
 
 

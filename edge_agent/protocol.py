@@ -11,6 +11,12 @@ Topics form a device shadow, one subtree per device, which is also the unit of t
     fedge/v1/<fleet>/<device>/telemetry            periodic counts and latency percentiles
     fedge/v1/<fleet>/<device>/results              inference outputs, when enabled
     fedge/v1/<fleet>/<device>/cmd                  non-retained commands to the device
+    fedge/v1/<fleet>/_rollout/<deployment id>  retained  operator only: a rollout's progress
+
+The ``_rollout`` level (:data:`ROLLOUT_LEVEL`) can never be a device id (ids start with a letter or
+digit), so no device subtree, and no device's ACL entry, covers it: only the operator account
+(``fedge/v1/#``) reads and writes it. Its payload is the coordinator's business
+(``server/fleet/progress.py``), not part of the device contract.
 
 Every payload is a JSON object with a ``schema`` field (an integer, now 1) and camelCase keys.
 :func:`decode` turns any bytes into a model or a :class:`ProtocolError` whose message is one line
@@ -38,7 +44,9 @@ from fedge.errors import EdgeError
 from fedge.replica_urls import URL_MAX_LENGTH, URL_PATTERN
 
 __all__ = [
+    "DEPLOYMENT_ID",
     "RETAINED",
+    "ROLLOUT_LEVEL",
     "SCHEMA_VERSION",
     "TOPIC_ROOT",
     "ArtifactRef",
@@ -70,6 +78,10 @@ __all__ = [
 
 SCHEMA_VERSION: Literal[1] = 1
 TOPIC_ROOT = "fedge/v1"
+# The operator-only level under a fleet for rollout state: not a valid device id (see above).
+ROLLOUT_LEVEL = "_rollout"
+# A deployment id: also the last level of its rollout topic, so no '/', '+' or '#'.
+DEPLOYMENT_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 # Same rule as policies.common.TOPIC_SAFE_ID: no '/', '+', '#', nothing an ACL pattern misreads.
 _TOPIC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAX_PAYLOAD = 1 << 20  # a desired document with many replica URLs stays far below this
@@ -284,7 +296,7 @@ class DesiredState(Payload):
     verifies the signature against its own trusted keys (the controller is not trusted for that).
     """
 
-    deployment_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+    deployment_id: str = Field(pattern=DEPLOYMENT_ID)
     artifact: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,127}$")
     version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
     manifest_sha256: Sha256

@@ -37,6 +37,7 @@ from client.contract.model import (
     quiet_libraries,
     set_trainable,
 )
+from client.federation.round_log import RoundEntry, append_round
 from client.privacy.ledger import PrivacyLedger
 from client.training.loop import (
     RoundPlan,
@@ -288,7 +289,28 @@ def train_and_charge(
         model = prepare(settings, own).model
         scores = evaluation(settings, own, received(model))
     reply = _train_only(request, settings, received)
+    _log_round(request, settings, reply)
     return RoundReply(reply.metrics, reply.arrays, reply.reason, evaluation=scores)
+
+
+def _log_round(request: RoundRequest, settings: ClientSettings, reply: RoundReply) -> None:
+    """One line in the holder's round log (round_log.py), which ``fedge-client start`` prints."""
+    own = settings.policy or coordinator_policy(request.policy_text)
+    seconds = reply.metrics.get(m.TRAIN_SECONDS)
+    append_round(
+        settings.state_dir,
+        RoundEntry(
+            run_id=request.run_id,
+            round=request.round,
+            rounds=request.rounds,
+            declined=bool(reply.metrics.get(m.DECLINED, 0)),
+            epsilon=float(reply.metrics.get(m.EPSILON, 0.0)),
+            target_epsilon=own.spec.privacy.target_epsilon,
+            examples=int(reply.metrics.get(m.NUM_EXAMPLES, 0)),
+            train_seconds=float(seconds) if seconds is not None else None,
+            reason=reply.reason,
+        ),
+    )
 
 
 def _train_only(

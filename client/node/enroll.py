@@ -54,6 +54,7 @@ __all__ = [
     "generate_node_key",
     "load_join",
     "parse_token",
+    "request_json",
 ]
 
 KEY_FILE = "supernode.key"
@@ -118,7 +119,7 @@ def _ca_sha256(pem: str) -> str:
         raise CoordinatorError("the coordinator's CA certificate is not PEM") from exc
 
 
-def _request(
+def request_json(
     host: str,
     port: int,
     context: ssl.SSLContext,
@@ -128,6 +129,7 @@ def _request(
     body: dict[str, Any] | None = None,
     timeout: float,
 ) -> tuple[int, dict[str, Any]]:
+    """One JSON request to the coordinator's enrollment endpoint: (status, JSON object)."""
     where = f"{host}:{port}"
     connection = http.client.HTTPSConnection(host, port, context=context, timeout=timeout)
     try:
@@ -164,7 +166,9 @@ def _fetch_pinned_ca(host: str, port: int, ca_sha256: str, *, timeout: float) ->
     bootstrap = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     bootstrap.check_hostname = False
     bootstrap.verify_mode = ssl.CERT_NONE
-    status, payload = _request(host, port, bootstrap, "GET", enroll_token.CA_PATH, timeout=timeout)
+    status, payload = request_json(
+        host, port, bootstrap, "GET", enroll_token.CA_PATH, timeout=timeout
+    )
     pem = payload.get("ca_cert")
     if status != 200 or not isinstance(pem, str):
         raise CoordinatorError(f"coordinator {host}:{port}: no CA certificate ({status})")
@@ -224,7 +228,7 @@ def enroll(
         body: dict[str, Any] = {"token": token.strip(), "public_key": public}
         if name is not None:
             body["name"] = name
-        status, payload = _request(
+        status, payload = request_json(
             host, port, pinned, "POST", enroll_token.ENROLL_PATH, body=body, timeout=timeout
         )
         if status != 200:

@@ -10,15 +10,18 @@ from __future__ import annotations
 from fedge.cli import main_for, new_app
 from server.cli import (
     artifact,
+    broker,
     certs,
     demo,
     enroll,
     export,
     fleet,
     keys,
+    kit,
     place,
     policy,
     report,
+    runs,
     train,
 )
 
@@ -27,7 +30,22 @@ __all__ = ["app", "main"]
 app = new_app(
     "fedge", "fedge for the operator: policies, keys, artifacts, training, placement, fleet."
 )
-for group in (policy, keys, artifact, enroll, place, fleet, export, train, certs, report, demo):
+for group in (
+    policy,
+    keys,
+    artifact,
+    enroll,
+    place,
+    fleet,
+    runs,
+    kit,
+    broker,
+    export,
+    train,
+    certs,
+    report,
+    demo,
+):
     group.register(app)
 
 

@@ -2,29 +2,31 @@
 
 ``token`` issues a one-time, expiring token for a named data holder; the data holder redeems it
 with ``fedge-client enroll`` against ``serve``, the coordinator's enrollment endpoint, which
-registers the holder's public key with the SuperLink. ``list`` and ``audit`` show the registry,
-``revoke`` unregisters a holder's node at once (the SuperLink keeps running), ``rotate`` issues
-a token that replaces an active holder's key, and ``sync`` re-registers the keys a restarted
-SuperLink forgot. The SuperLink must run with ``--enable-supernode-auth``.
+registers the holder's public key with the SuperLink. ``list`` and ``audit`` show the registry
+(``-o table|wide|json|yaml``, documents in fedge.output_schemas), ``revoke`` unregisters a
+holder's node at once (the SuperLink keeps running), ``rotate`` issues a token that replaces an
+active holder's key, and ``sync`` re-registers the keys a restarted SuperLink forgot. The
+SuperLink must run with ``--enable-supernode-auth``.
 """
 
 from __future__ import annotations
 
+import datetime
 import getpass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from fedge.cli import out
+from fedge.cli import Column, OutputFormat, OutputOption, emit, out
 from fedge.errors import UsageError
+from fedge.output import document
 
 if TYPE_CHECKING:
     from server.enrollment.rules import IssuedToken, Purpose
     from server.enrollment.service import SuperLinkControl
 
-__all__ = ["enroll_app", "register"]
+__all__ = ["enroll_app", "issue_token", "register"]
 
 enroll_app = typer.Typer(
     help="Enroll data holders: one-time tokens, the enrollment endpoint, revocation.",
@@ -94,18 +96,18 @@ def _show_token(issued: IssuedToken, coordinator: str | None) -> None:
     )
 
 
-def _issue(
-    name: str, ca: Path, *, expires: str, workdir: Path, coordinator: str | None, purpose: Purpose
-) -> None:
+def issue_token(
+    name: str, ca: Path, *, expires: str, workdir: Path, purpose: Purpose
+) -> IssuedToken:
+    """A one-time token for ``name`` pinning the CA in ``ca``; shared with ``fedge kit holder``."""
     from fedge.enroll_token import ca_fingerprint
     from server.enrollment.registry import Registry
     from server.enrollment.rules import parse_expires
 
     ttl = parse_expires(expires)
-    issued = Registry.in_workdir(workdir).issue_token(
+    return Registry.in_workdir(workdir).issue_token(
         name, ttl=ttl, ca_sha256=ca_fingerprint(_read_ca(ca)), actor=_actor(), purpose=purpose
     )
-    _show_token(issued, coordinator)
 
 
 @enroll_app.command("token")
@@ -121,7 +123,8 @@ def token(
     ] = None,
 ) -> None:
     """Issue a one-time, expiring enrollment token for a data holder (pending until used)."""
-    _issue(name, ca, expires=expires, workdir=workdir, coordinator=coordinator, purpose="enroll")
+    issued = issue_token(name, ca, expires=expires, workdir=workdir, purpose="enroll")
+    _show_token(issued, coordinator)
 
 
 @enroll_app.command("rotate")
@@ -138,7 +141,30 @@ def rotate(
 ) -> None:
     """Issue a token that replaces an active holder's key; its old key is unregistered once
     the holder enrolls the new one."""
-    _issue(name, ca, expires=expires, workdir=workdir, coordinator=coordinator, purpose="rotate")
+    issued = issue_token(name, ca, expires=expires, workdir=workdir, purpose="rotate")
+    _show_token(issued, coordinator)
+
+
+def _iso(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC).isoformat()
+
+
+HOLDER_COLUMNS = (
+    Column("name", lambda h: h["name"]),
+    Column("state", lambda h: h["state"]),
+    Column("key", lambda h: h["fingerprint"] or "-"),
+    Column("node", lambda h: "-" if h["nodeId"] is None else str(h["nodeId"])),
+    Column("since", lambda h: _shown_time(h["updatedAt"])),
+    Column("created", lambda h: _shown_time(h["createdAt"]), wide=True),
+    Column("public key", lambda h: h["publicKey"] or "-", wide=True),
+)
+AT_SUPERLINK = Column("at SuperLink", lambda h: h["atSuperLink"] or "-")
+
+
+def _shown_time(iso: str) -> str:
+    from server.enrollment.rules import format_time
+
+    return format_time(datetime.datetime.fromisoformat(iso).timestamp())
 
 
 @enroll_app.command("list")
@@ -147,32 +173,39 @@ def list_holders(
     workdir: WorkdirOption = DEFAULT_WORKDIR,
     superlink: SuperlinkOption = None,
     ca: OptionalCaOption = None,
+    output: OutputOption = OutputFormat.TABLE,
 ) -> None:
     """List data holders; with --superlink also each node's status at the SuperLink."""
     from server.enrollment.registry import Registry
-    from server.enrollment.rules import format_time
 
     holders = Registry.in_workdir(workdir).holders()
     control = _control(workdir, superlink, ca)
     nodes = control.nodes() if control is not None else None
-    table = Table(title=f"data holders ({workdir})")
-    for column in (
-        "name",
-        "state",
-        "key",
-        "node",
-        *(("at SuperLink",) if nodes is not None else ()),
-        "since",
-    ):
-        table.add_column(column)
-    for holder in holders:
-        node = "-" if holder.node_id is None else str(holder.node_id)
-        row = [holder.name, holder.state, holder.fingerprint or "-", node]
-        if nodes is not None:
-            row.append(nodes.get(holder.node_id, "-") if holder.node_id is not None else "-")
-        table.add_row(*row, format_time(holder.updated_at))
-    out.print(table)
-    out.print(f"{len(holders)} data holder(s)")
+    items = [
+        {
+            "name": holder.name,
+            "state": holder.state,
+            "fingerprint": holder.fingerprint,
+            "publicKey": holder.public_key,
+            "nodeId": holder.node_id,
+            "atSuperLink": None
+            if nodes is None or holder.node_id is None
+            else nodes.get(holder.node_id),
+            "createdAt": _iso(holder.created_at),
+            "updatedAt": _iso(holder.updated_at),
+        }
+        for holder in holders
+    ]
+    columns = list(HOLDER_COLUMNS)
+    if nodes is not None:
+        columns.insert(4, AT_SUPERLINK)
+    emit(
+        document("HolderList", items, workdir=str(workdir), superlink=superlink),
+        output,
+        columns=columns,
+        title=f"data holders ({workdir})",
+        notes=[f"{len(holders)} data holder(s)"],
+    )
 
 
 @enroll_app.command("revoke")
@@ -196,26 +229,49 @@ def revoke(
     out.print(f"revoked {name} (was {before.state}){node}")
 
 
+AUDIT_COLUMNS = (
+    Column("seq", lambda e: str(e["seq"]), justify="right"),
+    Column("at", lambda e: _shown_time(e["at"])),
+    Column("action", lambda e: e["action"]),
+    Column("subject", lambda e: e["subject"]),
+    Column("detail", lambda e: e["detail"] or "-"),
+    Column("actor", lambda e: e["actor"]),
+)
+
+
 @enroll_app.command("audit")
 def audit(
     *,
     workdir: WorkdirOption = DEFAULT_WORKDIR,
     name: Annotated[str | None, typer.Option("--name", help="Only this data holder.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="The newest N entries.")] = 50,
+    output: OutputOption = OutputFormat.TABLE,
 ) -> None:
     """Print the audit log: every change to the registry, and who made it."""
     from server.enrollment.registry import Registry
-    from server.enrollment.rules import format_time
 
-    entries = Registry.in_workdir(workdir).audit(subject=name, limit=limit)
-    for entry in entries:  # one line per entry, so that the log greps and diffs well
-        detail = f": {entry.detail}" if entry.detail else ""
-        out.print(
-            f"{entry.seq:>5}  {format_time(entry.at)}  {entry.action:<16} {entry.subject}"
-            f"{detail}  [{entry.actor}]",
-            markup=False,
-        )
-    out.print(f"{len(entries)} audit entr{'y' if len(entries) == 1 else 'ies'}")
+    registry = Registry.in_workdir(workdir)
+    entries = registry.audit(subject=name, limit=limit)
+    if name is not None and not entries and name not in {h.name for h in registry.holders()}:
+        raise UsageError(f"--name {name}: no data holder of that name (see fedge enroll list)")
+    items = [
+        {
+            "seq": entry.seq,
+            "at": _iso(entry.at),
+            "action": entry.action,
+            "subject": entry.subject,
+            "detail": entry.detail,
+            "actor": entry.actor,
+        }
+        for entry in entries
+    ]
+    emit(
+        document("AuditLog", items, workdir=str(workdir), name=name),
+        output,
+        columns=AUDIT_COLUMNS,
+        title=f"enrollment audit log ({workdir})",
+        notes=[f"{len(entries)} audit entr{'y' if len(entries) == 1 else 'ies'}"],
+    )
 
 
 @enroll_app.command("sync")

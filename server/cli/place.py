@@ -3,21 +3,23 @@
 ``plan`` reads only files (no cloud is contacted) and shows every target's decision with its
 reason and cost; ``apply`` uploads, verifies, fails over and cleans up, recording what it did in
 the ``--state`` SQLite file; ``status`` reads that file; ``urls`` prints presigned download URLs
-as JSON for the rollout. cloud_adapters (and libcloud) load only inside the commands, so
+for the rollout (JSON by default, or writes them with ``--out``). ``plan``, ``status`` and
+``urls`` take ``-o table|wide|json|yaml`` (fedge.cli); their documents are described in
+fedge.output_schemas. cloud_adapters (and libcloud) load only inside the commands, so
 ``fedge --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from fedge.cli import err, out
+from fedge.cli import Column, OutputFormat, OutputOption, emit, err, out, print_table
 from fedge.errors import ArtifactError, UsageError
+from fedge.output import document
 
 if TYPE_CHECKING:
     from cloud_adapters.placement.planner import Plan
@@ -108,31 +110,49 @@ def _size(value: int) -> str:
     return f"{value} B"  # pragma: no cover
 
 
-def _plan_table(plan: Plan, strategy: str) -> Table:
-    table = Table(
-        title=(
-            f"placement plan: {plan.artifact} {plan.version} ({_size(plan.size_bytes)}), "
-            f"policy {plan.policy} ({strategy}, {plan.enforcement})"
-        ),
-        caption=(
-            f"{len(plan.selected)} replica(s): {', '.join(plan.selected) or 'none'}; "
-            f"estimated storage ${plan.monthly_usd:.4f}/month"
-        ),
+PLAN_STYLES = {"replica": "green", "spare": "yellow", "rejected": "red"}
+PLAN_COLUMNS = (
+    Column("target", lambda d: d["target"]),
+    Column("provider", lambda d: d["provider"]),
+    Column("region", lambda d: d["region"]),
+    Column("residency", lambda d: d["residency"]),
+    Column("decision", lambda d: d["decision"], style=lambda d: PLAN_STYLES[d["decision"]]),
+    Column("$/month", lambda d: f"{d['monthlyUsd']:.4f}", justify="right"),
+    Column("reason", lambda d: d["reason"]),
+)
+
+
+def _plan_document(plan: Plan, strategy: str) -> dict[str, Any]:
+    items = [
+        {
+            "target": item.target,
+            "provider": item.provider,
+            "region": item.region,
+            "residency": item.residency,
+            "decision": item.decision,
+            "monthlyUsd": item.monthly_usd,
+            "reason": item.reason,
+        }
+        for item in plan.decisions
+    ]
+    return document(
+        "PlacementPlan",
+        items,
+        policy=plan.policy,
+        strategy=strategy,
+        enforcement=plan.enforcement,
+        artifact=plan.artifact,
+        version=plan.version,
+        sizeBytes=plan.size_bytes,
+        selected=list(plan.selected),
+        preferred=list(plan.preferred),
+        monthlyUsd=plan.monthly_usd,
+        refused=plan.refused,
+        violations=list(plan.violations),
+        policyViolations=list(plan.policy_violations),
+        warnings=list(plan.warnings),
+        down=[{"target": target, "reason": why} for target, why in plan.down],
     )
-    for column in ("target", "provider", "region", "residency", "decision", "$/month", "reason"):
-        table.add_column(column, justify="right" if column == "$/month" else "left")
-    styles = {"replica": "green", "spare": "yellow", "rejected": "red"}
-    for item in plan.decisions:
-        table.add_row(
-            item.target,
-            item.provider,
-            item.region,
-            item.residency,
-            f"[{styles[item.decision]}]{item.decision}[/]",
-            f"{item.monthly_usd:.4f}",
-            item.reason,
-        )
-    return table
 
 
 def _retry(attempts: int, timeout: float) -> RetryPolicy:
@@ -172,6 +192,7 @@ def plan(
     policy: PolicyOption,
     inventory: InventoryOption,
     artifact: ArtifactOption,
+    output: OutputOption = OutputFormat.TABLE,
 ) -> None:
     """Show where the artifact would go, why each target is or is not used, and the cost."""
     from cloud_adapters.placement.planner import plan_placement
@@ -180,7 +201,19 @@ def plan(
     placement, clouds = _documents(policy, inventory)
     assert placement is not None  # noqa: S101 - --policy is required here
     result = plan_placement(placement, clouds, _manifest(artifact))
-    out.print(_plan_table(result, placement.spec.strategy.type))
+    emit(
+        _plan_document(result, placement.spec.strategy.type),
+        output,
+        columns=PLAN_COLUMNS,
+        title=(
+            f"placement plan: {result.artifact} {result.version} ({_size(result.size_bytes)}), "
+            f"policy {result.policy} ({placement.spec.strategy.type}, {result.enforcement})"
+        ),
+        caption=(
+            f"{len(result.selected)} replica(s): {', '.join(result.selected) or 'none'}; "
+            f"estimated storage ${result.monthly_usd:.4f}/month"
+        ),
+    )
     for warning in result.warnings:
         err.print(f"warning: {warning}", markup=False)
     if result.refused:
@@ -240,7 +273,7 @@ def apply(
         )
     for version, target, why in report.removed:
         table.add_row(target, f"removed {version}", "-", "-", why)
-    out.print(table)
+    print_table(table)
     if report.health == "degraded":
         moved = ", ".join(f"{name} down ({why})" for name, why in sorted(report.down.items()))
         err.print(
@@ -250,6 +283,23 @@ def apply(
         )
 
 
+STATUS_COLUMNS = (
+    Column("artifact", lambda v: v["artifact"]),
+    Column("version", lambda v: v["version"]),
+    Column("health", lambda v: v["health"]),
+    Column("deployed", lambda v: "yes" if v["deployed"] else "no"),
+    Column(
+        "replicas",
+        lambda v: ", ".join(f"{r['target']} ({r['status']})" for r in v["replicas"]) or "none",
+    ),
+    Column("detail", lambda v: v["detail"] or "-"),
+    Column("policy", lambda v: v["policy"], wide=True),
+    Column("size", lambda v: _size(v["sizeBytes"]), wide=True, justify="right"),
+    Column("updated", lambda v: v["updated"] or "-", wide=True),
+    Column("manifest digest", lambda v: v["manifestDigest"], wide=True),
+)
+
+
 @place_app.command("status")
 def status(
     *,
@@ -257,6 +307,7 @@ def status(
     artifact: Annotated[
         Path | None, typer.Option("--artifact", help="Only this artifact's versions.")
     ] = None,
+    output: OutputOption = OutputFormat.TABLE,
 ) -> None:
     """Show the recorded placement of every version (reads --state only)."""
     from cloud_adapters.placement.state import PlacementState
@@ -265,24 +316,53 @@ def status(
         raise UsageError(f"--state {state}: no placement state yet (run fedge place apply)")
     name = _manifest(artifact).name if artifact is not None else None
     with PlacementState(state) as store:
-        versions = store.versions(name)
-        table = Table(title=f"placement state: {state}")
-        for column in ("artifact", "version", "health", "deployed", "replicas", "detail"):
-            table.add_column(column)
-        for record in versions:
-            replicas = store.replicas(record.artifact, record.version)
-            listed = ", ".join(f"{r.target} ({r.status})" for r in replicas) or "none"
-            table.add_row(
-                record.artifact,
-                record.version,
-                record.health,
-                "yes" if record.deployed else "no",
-                listed,
-                record.detail or "-",
-            )
-    out.print(table)
-    if not versions:
-        out.print("no versions placed yet")
+        items = [
+            {
+                "artifact": record.artifact,
+                "version": record.version,
+                "health": record.health,
+                "deployed": record.deployed,
+                "detail": record.detail,
+                "policy": record.policy,
+                "created": record.created,
+                "updated": record.updated,
+                "sizeBytes": record.size_bytes,
+                "manifestDigest": record.manifest_digest,
+                "preferred": list(record.preferred),
+                "actual": list(record.actual),
+                "replicas": [
+                    {
+                        "target": replica.target,
+                        "provider": replica.provider,
+                        "container": replica.container,
+                        "status": replica.status,
+                        "updated": replica.updated,
+                    }
+                    for replica in store.replicas(record.artifact, record.version)
+                ],
+            }
+            for record in store.versions(name)
+        ]
+    if name is not None and not items:
+        raise UsageError(f"--artifact {artifact}: {name} has no placed version in {state}")
+    emit(
+        document("PlacementStatus", items, state=str(state), artifact=name),
+        output,
+        columns=STATUS_COLUMNS,
+        title=f"placement state: {state}",
+        notes=[] if items else ["no versions placed yet"],
+    )
+
+
+URL_COLUMNS = (
+    Column("target", lambda r: r["target"] or "-"),
+    Column("provider", lambda r: r["provider"] or "-"),
+    Column("region", lambda r: r["region"] or "-"),
+    Column("residency", lambda r: r["residency"] or "-"),
+    Column("expires", lambda r: r["expires"] or "never"),
+    Column("files", lambda r: str(len(r["files"])), justify="right"),
+    Column("manifest URL", lambda r: r["manifest"], wide=True),
+)
 
 
 @place_app.command("urls")
@@ -294,15 +374,20 @@ def urls(
     expires: Annotated[
         str, typer.Option("--expires", help="Lifetime of the URLs: e.g. 15m, 1h, 7d (max 7d).")
     ] = "1h",
-    output: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Write the JSON here instead of stdout.")
+    output: OutputOption = OutputFormat.JSON,
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Write the JSON document here (what fedge deploy --urls reads)."
+        ),
     ] = None,
 ) -> None:
-    """Print presigned, expiring download URLs of every intact replica as JSON."""
+    """Print presigned, expiring download URLs of every intact replica (JSON by default)."""
     from cloud_adapters.placement.state import PlacementState
     from cloud_adapters.placement.urls import replica_urls
     from fedge.atomic import atomic_write_text
     from fedge.durations import parse_duration
+    from fedge.output import to_json
     from fedge.replica_urls import urls_document
 
     try:
@@ -314,6 +399,11 @@ def urls(
     if not state.is_file():
         raise UsageError(f"--state {state}: no placement state yet (run fedge place apply)")
     with PlacementState(state) as store:
+        if manifest.version not in {v.version for v in store.versions(manifest.name)}:
+            raise UsageError(
+                f"--artifact {artifact}: {manifest.name} {manifest.version} was never placed "
+                f"in {state} (fedge place apply)"
+            )
         found = replica_urls(
             store,
             clouds,
@@ -322,13 +412,19 @@ def urls(
             open_store=_factory(inventory, _retry(1, 30.0)),
             expires_s=seconds,
         )
-    document = urls_document(manifest.name, manifest.version, found)
-    text = json.dumps(document, indent=2) + "\n"
-    if output is None:
-        out.print(text, end="", markup=False)
+    doc = urls_document(manifest.name, manifest.version, found)
+    if out_file is None:
+        emit(
+            doc,
+            output,
+            columns=URL_COLUMNS,
+            rows=doc["replicas"],
+            title=f"replica URLs: {manifest.name} {manifest.version}",
+            notes=["the URLs themselves: -o json, or --out FILE"],
+        )
     else:
-        atomic_write_text(output, text)
-        out.print(f"wrote {output} ({len(found)} replica(s))")
+        atomic_write_text(out_file, to_json(doc))
+        out.print(f"wrote {out_file} ({len(found)} replica(s))")
     if not found:
         from cloud_adapters.stores.errors import PlacementError
 

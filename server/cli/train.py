@@ -1,4 +1,9 @@
-"""``fedge train``: run a federation (in process, or on a SuperLink) and print its rounds."""
+"""``fedge train``: run a federation (in process, or on a SuperLink) and print its rounds.
+
+Long runs are never silent: while too few holders are connected it says how many it waits for,
+when a round goes out it says to how many, and each round's line (replies, declines, accuracy,
+the largest epsilon, seconds) is printed as the ServerApp writes it, in either engine.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from fedge.cli import out
+from fedge.cli import out, print_table
 from fedge.errors import UsageError
 
 if TYPE_CHECKING:
     from server.federation.metrics import RoundReport
+    from server.federation.rounds import RunEvent
 
 __all__ = ["register"]
 
@@ -49,6 +55,43 @@ def _add_round(table: Table, report: RoundReport) -> None:
         f"{report.bytes_sent / 1e6:.2f}/{report.bytes_received / 1e6:.2f}",
         f"{report.seconds:.1f}",
     )
+
+
+def _say(line: str) -> None:
+    out.print(line, markup=False)
+
+
+class _Progress:
+    """The operator's lines while a run goes: waiting, a round sent, a round's outcome."""
+
+    def __init__(self, table: Table, *, per_round: int) -> None:
+        self.table, self.per_round = table, per_round
+        self.sampled: dict[int, int] = {}
+        self.rounds = 0
+
+    def event(self, event: RunEvent) -> None:
+        from server.federation.rounds import Waiting
+
+        if isinstance(event, Waiting):
+            nodes = "node" if event.needed == 1 else "nodes"
+            out.print(f"waiting for {event.needed} {nodes} ({event.connected} connected)")
+            return
+        self.sampled[event.round], self.rounds = event.sampled, event.rounds
+        out.print(f"round {event.round}/{event.rounds}: sent to {event.sampled} client(s)")
+
+    def round(self, report: RoundReport) -> None:
+        _add_round(self.table, report)
+        expected = self.sampled.get(report.round, self.per_round)
+        replied = len(report.clients) + len(report.declined)
+        acc = "-" if report.eval_accuracy is None else f"{report.eval_accuracy:.3f}"
+        eps = max(report.epsilon.values(), default=0.0)
+        of = f"/{self.rounds}" if self.rounds else ""
+        failed = f", {len(report.failed)} failed" if report.failed else ""
+        out.print(
+            f"round {report.round}{of}: {report.status}, {replied}/{expected} clients replied, "
+            f"{len(report.declined)} declined{failed}, accuracy {acc}, max epsilon {eps:.2f}, "
+            f"{report.seconds:.1f} s"
+        )
 
 
 def train(
@@ -91,8 +134,24 @@ def train(
     ] = None,
     timeout: Annotated[
         float,
-        typer.Option("--timeout", min=1, help="With --superlink: seconds to wait for the run."),
+        typer.Option(
+            "--timeout",
+            min=1,
+            help="With --superlink: seconds to wait for the run; then it is stopped.",
+        ),
     ] = 3600.0,
+    keep_running: Annotated[
+        bool,
+        typer.Option(
+            "--keep-running",
+            help="With --superlink: on Ctrl-C or --timeout leave the run going on the SuperLink "
+            "(and print how to stop it) instead of stopping it.",
+        ),
+    ] = False,
+    rounds: Annotated[
+        int | None,
+        typer.Option("--rounds", min=1, help="Train this many rounds instead of the policy's."),
+    ] = None,
     he_public_context: Annotated[
         Path | None,
         typer.Option(
@@ -106,8 +165,9 @@ def train(
 
     if (simulate is None) == (superlink is None):
         raise UsageError("give exactly one of --simulate N (in process) or --superlink HOST:PORT")
-    plan = load_plan(policy, workdir=workdir, run_id=run_id)
+    plan = load_plan(policy, workdir=workdir, run_id=run_id, rounds=rounds)
     table = _round_table()
+    shown = _Progress(table, per_round=plan.settings.policy.spec.clients.per_round)
     if superlink is not None:
         if ca is None:
             raise UsageError("--superlink needs --ca, the federation's CA certificate (TLS)")
@@ -118,35 +178,33 @@ def train(
             root_certificates=ca,
             timeout=timeout,
             he_public_context=he_public_context,
+            keep_running=keep_running,
+            say=_say,
+            progress=shown.round,
+            observer=shown.event,
         )
         from server.federation.metrics import MetricsLog
         from server.federation.rounds import RoundReport as Report
 
+        table = _round_table()  # the whole run, resumed rounds included
         for record in MetricsLog(plan.workdir / "metrics.jsonl").read():
             _add_round(table, Report(**record))
-        out.print(table)
+        print_table(table)
         out.print(f"Flower run {flower_run} completed; metrics {plan.workdir / 'metrics.jsonl'}")
         return
     if data is None:
         raise UsageError("--simulate needs --data, a folder of client-NN files")
     assert simulate is not None  # noqa: S101 - checked above
     out.print(f"run {plan.settings.run_id}: {simulate} simulated clients, workdir {plan.workdir}")
-
-    def progress(report: RoundReport) -> None:
-        _add_round(table, report)
-        out.print(
-            f"round {report.round}: {report.status}, {len(report.clients)} client(s), "
-            f"accuracy {report.eval_accuracy if report.eval_accuracy is not None else '-'}"
-        )
-
     train_simulated(
         plan,
         num_clients=simulate,
         data_dir=data,
-        progress=progress,
+        progress=shown.round,
+        observer=shown.event,
         cpus_per_client=cpus_per_client,
     )
-    out.print(table)
+    print_table(table)
     out.print(
         f"metrics {plan.workdir / 'metrics.jsonl'}, checkpoints {plan.workdir / 'checkpoints'}"
     )

@@ -97,7 +97,7 @@ def place(ctx: DemoContext, artifact: Path) -> Path:
                 str(artifact),
                 "--state",
                 str(state),
-                "-o",
+                "--out",
                 str(urls),
             ],
             what="fedge place urls",

@@ -213,6 +213,18 @@ class Registry:
             raise UnknownHolderError(f"no data holder named {name!r} in {self.path}")
         return holder
 
+    def holder_by_fingerprint(self, fingerprint: str) -> Holder | None:
+        """The holder whose current (or last, if revoked) key has ``fingerprint``, if any.
+
+        For the node-status endpoint, which answers a key's own holder only: a key rotated
+        away belongs to nobody any more.
+        """
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM holders WHERE fingerprint = ?", (fingerprint,)
+            ).fetchone()
+        return _holder(row)
+
     def holders(self) -> list[Holder]:
         with self._connect() as db:
             rows = db.execute("SELECT * FROM holders ORDER BY name").fetchall()

@@ -11,9 +11,11 @@ way (``flwr supernode unregister``): the SuperLink checks every Fleet API call a
 list, so a revoked SuperNode is turned away on its next call, without restarting anything.
 
 The endpoint is HTTPS with the federation's server certificate (the SuperLink's), on the standard
-library's HTTP server: two routes, JSON in and out. ``GET /v1/ca`` hands out the CA certificate to
-anyone (it is public); the client trusts it only if its SHA-256 matches the pin inside the token,
-and then talks to ``POST /v1/enroll`` over a connection verified against that CA.
+library's HTTP server: three routes, JSON in and out. ``GET /v1/ca`` hands out the CA certificate
+to anyone (it is public); the client trusts it only if its SHA-256 matches the pin inside the
+token, and then talks to ``POST /v1/enroll`` over a connection verified against that CA. ``POST
+/v1/status`` (fedge/node_status.py) tells an enrolled node, signed with its own key, whether the
+coordinator still admits that key, so that ``fedge-client start`` can say it was revoked.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any, Protocol
 from fedge.enroll_token import CA_PATH, ENROLL_PATH, ca_fingerprint
 from fedge.errors import FederationError, FedgeError, UsageError
 from fedge.logs import get_logger
+from fedge.node_status import STATE_UNKNOWN, STATUS_PATH, verify_status_request
 from server.enrollment.errors import (
     DuplicateKeyError,
     DuplicateNameError,
@@ -254,6 +257,19 @@ class Enroller:
             ),
         }
 
+    def status(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /v1/status``: the state of the signer's own key (fedge/node_status.py).
+
+        The signature is checked before the registry is read, and the answer is about that key
+        only (its holder's name and state, or ``unknown``), so it never tells whether any other
+        name exists.
+        """
+        key = parse_node_public_key(verify_status_request(body))
+        holder = self.registry.holder_by_fingerprint(key.fingerprint)
+        if holder is None:
+            return {"state": STATE_UNKNOWN, "fingerprint": key.fingerprint}
+        return {"state": holder.state, "name": holder.name, "fingerprint": key.fingerprint}
+
     def _register(self, claim: Claim, key: NodePublicKey, *, actor: str) -> Holder:
         node_id = self.control.register(key, name=claim.name)
         try:
@@ -332,7 +348,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(HTTPStatus.OK, {"ca_cert": self.server.enroller.ca_cert})
 
     def do_POST(self) -> None:
-        if self.path != ENROLL_PATH:
+        if self.path not in (ENROLL_PATH, STATUS_PATH):
             self._answer(HTTPStatus.NOT_FOUND, {"error": "not-found", "message": self.path})
             return
         try:
@@ -350,7 +366,11 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         try:
-            answer = self.server.enroller.enroll(body, peer=self.client_address[0])
+            enroller = self.server.enroller
+            if self.path == STATUS_PATH:
+                answer = enroller.status(body)
+            else:
+                answer = enroller.enroll(body, peer=self.client_address[0])
         except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON answer
             status, payload = _error_answer(exc)
             self._answer(status, payload)

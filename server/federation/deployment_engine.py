@@ -17,6 +17,12 @@ refuse to run until the file exists.
 Flower reports a run that *failed* with exit status 0 (``flwr run --stream`` included); the
 run's status (``finished:completed``, ``finished:failed``, ``finished:stopped``) is the only
 truth, and :func:`wait_for_run` is what reads it.
+
+Two things ``flwr`` cannot tell apart are checked here first: :func:`check_superlink` opens a
+TLS connection itself, so "nothing listens there" and "this CA does not verify that SuperLink"
+become two different one-line errors instead of one raw ``flwr run`` failure. And the SuperLink
+knows nothing of rounds, so the ServerApp leaves a small progress file per Flower run in the work
+directory (:func:`write_progress`), which ``fedge train`` and ``fedge runs`` read back.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import math
 import os
 import re
 import shutil
+import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -42,9 +50,15 @@ from fedge.tls import CertPaths
 __all__ = [
     "COMPLETED",
     "CONNECTION",
+    "PROGRESS_DIR",
     "RunStatus",
+    "RunTimeoutError",
+    "check_superlink",
     "flower_environment",
     "flwr_json",
+    "follow_logs",
+    "list_runs",
+    "read_progress",
     "run_logs",
     "run_status",
     "stop_run",
@@ -52,12 +66,15 @@ __all__ = [
     "superlink_command",
     "wait_for_run",
     "write_flwr_home",
+    "write_progress",
 ]
 
 CONNECTION = "fedge"
 """The name of the SuperLink connection fedge writes into ``$FLWR_HOME/config.toml``."""
 COMPLETED = "finished:completed"
 CONFIG_FILE = "config.toml"
+PROGRESS_DIR = "flower-runs"
+"""Folder of the work directory with one ``<flower run id>.json`` progress file per run."""
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _COMMAND_TIMEOUT = 120.0
@@ -208,6 +225,8 @@ def flwr_json(
             "(install fedge[server], which brings flwr)"
         )
     try:
+        # A session of its own: a terminal's Ctrl-C reaches fedge alone, as KeyboardInterrupt,
+        # instead of also killing this child and looking like a failed `flwr` command.
         done = subprocess.run(
             [executable, *args],
             env=env,
@@ -216,6 +235,7 @@ def flwr_json(
             text=True,
             timeout=timeout,
             check=False,
+            start_new_session=True,
         )
     except subprocess.TimeoutExpired as exc:
         raise FederationError(f"`{shown}` did not answer within {timeout:.0f} s") from exc
@@ -264,13 +284,21 @@ def submit_run(
         raise FederationError(f"`flwr run`: answer has no run id: {payload}") from exc
 
 
+class RunTimeoutError(FederationError):
+    """:func:`wait_for_run` gave up waiting; the run itself goes on until it is stopped."""
+
+
 @dataclass(frozen=True)
 class RunStatus:
-    """A run as the SuperLink reports it: ``pending``, ``starting``, ``running``, ``finished:*``."""
+    """A run as the SuperLink reports it: ``pending``, ``starting``, ``running``, ``finished:*``.
+
+    ``started``: when it started running (or was submitted, if it never ran), as Flower wrote it.
+    """
 
     run_id: int
     status: str
     details: str = ""
+    started: str = ""
 
     @property
     def finished(self) -> bool:
@@ -285,21 +313,40 @@ def _details(value: object) -> str:
     return "" if text in {"N/A", "None"} else text
 
 
-def run_status(run_id: int, *, flwr_home: str | os.PathLike[str], flwr: str = "flwr") -> RunStatus:
-    """The current status of ``run_id``; an unknown run is a FederationError."""
-    args = ["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"]
+def _runs(args: list[str], *, flwr_home: str | os.PathLike[str], flwr: str) -> list[RunStatus]:
     payload, _ = flwr_json(args, flwr_home=flwr_home, flwr=flwr)
     runs = payload.get("runs")
     if not isinstance(runs, list):
         raise FederationError(f"`flwr ls`: answer has no list of runs: {payload}")
+    found = []
     for run in runs:
-        if isinstance(run, dict) and str(run.get("run-id")) == str(run_id):
-            return RunStatus(
-                run_id=run_id,
+        if not isinstance(run, dict) or not str(run.get("run-id", "")).isdigit():
+            continue
+        started = _details(run.get("running-at")) or _details(run.get("pending-at"))
+        found.append(
+            RunStatus(
+                run_id=int(str(run["run-id"])),
                 status=str(run.get("status", "")),
                 details=_details(run.get("status-details")),
+                started=started,
             )
+        )
+    return found
+
+
+def run_status(run_id: int, *, flwr_home: str | os.PathLike[str], flwr: str = "flwr") -> RunStatus:
+    """The current status of ``run_id``; an unknown run is a FederationError."""
+    args = ["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"]
+    for run in _runs(args, flwr_home=flwr_home, flwr=flwr):
+        if run.run_id == run_id:
+            return run
     raise FederationError(f"`flwr ls`: the SuperLink knows no run {run_id}")
+
+
+def list_runs(*, flwr_home: str | os.PathLike[str], flwr: str = "flwr") -> list[RunStatus]:
+    """Every run the SuperLink knows, oldest first (what ``flwr ls`` lists)."""
+    runs = _runs(["ls", CONNECTION, "--format", "json"], flwr_home=flwr_home, flwr=flwr)
+    return sorted(runs, key=lambda run: run.run_id)
 
 
 def wait_for_run(
@@ -311,21 +358,25 @@ def wait_for_run(
     flwr: str = "flwr",
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    on_poll: Callable[[RunStatus], None] | None = None,
 ) -> str:
     """Poll until ``run_id`` finished; return its status, or raise unless it completed.
 
     A failed or stopped run raises FederationError with Flower's status details; so does a run
     still going after ``timeout`` seconds (it is left running: :func:`stop_run` ends it).
+    ``on_poll`` sees every status read (and may show progress between them).
     """
     deadline = clock() + timeout
     while True:
         status = run_status(run_id, flwr_home=flwr_home, flwr=flwr)
+        if on_poll is not None:
+            on_poll(status)
         if status.finished:
             if status.status != COMPLETED:
                 raise FederationError(f"run {run_id} did not complete: {status}")
             return status.status
         if clock() >= deadline:
-            raise FederationError(f"run {run_id} is still {status} after {timeout:.0f} s")
+            raise RunTimeoutError(f"run {run_id} is still {status} after {timeout:.0f} s")
         sleep(poll)
 
 
@@ -343,3 +394,106 @@ def run_logs(run_id: int, *, flwr_home: str | os.PathLike[str], flwr: str = "flw
         expect_json=False,
     )
     return _ANSI.sub("", stdout)
+
+
+def follow_logs(
+    run_id: int,
+    *,
+    flwr_home: str | os.PathLike[str],
+    write: Callable[[str], None],
+    flwr: str = "flwr",
+) -> None:
+    """Stream the ServerApp's log of ``run_id`` to ``write`` line by line until the run ends.
+
+    ``flwr log --stream`` runs as a child; an interrupt stops the child with the caller.
+    """
+    home = _check_home(flwr_home)
+    env = flower_environment(home)
+    executable = shutil.which(flwr, path=env["PATH"])
+    shown = f"{Path(flwr).name} log {run_id} {CONNECTION} --stream"
+    if executable is None:
+        raise FederationError(f"`{shown}`: the Flower command {flwr!r} was not found on PATH")
+    with subprocess.Popen(
+        [executable, "log", str(run_id), CONNECTION, "--stream"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as child:
+        assert child.stdout is not None  # noqa: S101 - stdout=PIPE
+        try:
+            for line in child.stdout:
+                write(_ANSI.sub("", line.rstrip("\n")))
+        finally:
+            if child.poll() is None:
+                child.terminate()
+        code = child.wait()
+    if code != 0:
+        raise FederationError(f"`{shown}` exited with status {code}")
+
+
+def check_superlink(address: str, root_certificates: str | os.PathLike[str]) -> None:
+    """Open a TLS connection to ``address`` with the CA; a UsageError names the flag at fault.
+
+    ``--superlink`` when nothing listens there (or it does not resolve, or speak TLS), ``--ca``
+    when the CA does not verify the certificate the SuperLink presents.
+    """
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--superlink {address}: expected HOST:PORT")
+    try:
+        context = ssl.create_default_context(cafile=str(root_certificates))
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"--ca {root_certificates}: not a PEM CA certificate ({exc})") from exc
+    try:
+        with (
+            socket.create_connection((host.strip("[]"), int(port)), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=host.strip("[]")),
+        ):
+            return
+    except ssl.SSLCertVerificationError as exc:
+        reason = exc.verify_message or str(exc)
+        raise UsageError(
+            f"--ca {root_certificates} does not verify the SuperLink's certificate at "
+            f"{address} ({reason})"
+        ) from exc
+    except ssl.SSLError as exc:
+        raise UsageError(
+            f"--superlink {address}: something listens there but does not speak TLS "
+            f"({exc.reason or exc})"
+        ) from exc
+    except ConnectionRefusedError as exc:
+        message = f"--superlink {address}: nothing listens on {address} (connection refused)"
+        raise UsageError(message) from exc
+    except OSError as exc:
+        raise UsageError(f"--superlink {address}: cannot connect ({exc})") from exc
+
+
+def write_progress(
+    workdir: str | os.PathLike[str], flower_run: int, progress: Mapping[str, Any]
+) -> None:
+    """The ServerApp's view of Flower run ``flower_run`` (state, rounds, holders), atomically."""
+    body = {**progress, "flower-run": flower_run, "updated": time.time()}
+    path = Path(workdir) / PROGRESS_DIR / f"{flower_run}.json"
+    atomic_write_text(path, json.dumps(body, sort_keys=True) + "\n")
+
+
+def read_progress(
+    workdir: str | os.PathLike[str], *, flower_run: int | None = None
+) -> dict[int, dict[str, Any]]:
+    """The progress files of the work directory (or of one run) by Flower run id.
+
+    A file that cannot be read or parsed is left out: it is being replaced, or is not fedge's.
+    """
+    found: dict[int, dict[str, Any]] = {}
+    folder = Path(workdir) / PROGRESS_DIR
+    pattern = "*.json" if flower_run is None else f"{flower_run}.json"
+    for path in sorted(folder.glob(pattern)):
+        try:
+            body = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(body, dict) and path.stem.isdigit():
+            found[int(path.stem)] = body
+    return found

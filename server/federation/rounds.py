@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +65,7 @@ from server.federation.strategy import make_strategy
 if TYPE_CHECKING:
     from server.federation.secagg import SecAggResult
 
-__all__ = ["RoundReport", "RunSettings", "run_federation"]
+__all__ = ["RoundReport", "RoundStarted", "RunEvent", "RunSettings", "Waiting", "run_federation"]
 
 log = get_logger(__name__)
 _MIN_GRACE = 0.5
@@ -73,8 +73,32 @@ Arrays = dict[str, npt.NDArray[Any]]
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """Progress: fewer holders are connected than the run needs, so it waits for them."""
+
+    needed: int
+    connected: int
+
+
+@dataclass(frozen=True)
+class RoundStarted:
+    """Progress: a round's train messages went out to ``sampled`` holders."""
+
+    round: int
+    rounds: int
+    sampled: int
+
+
+RunEvent = Waiting | RoundStarted
+
+
+@dataclass(frozen=True)
 class RunSettings:
-    """What the ServerApp needs: the policy (parsed and as sent), where to write, which run."""
+    """What the ServerApp needs: the policy (parsed and as sent), where to write, which run.
+
+    ``observer`` hears what happens between round lines (waiting for holders, a round going
+    out), so a command can show progress; the library itself never prints.
+    """
 
     policy: FederationPolicy
     policy_text: str
@@ -84,6 +108,7 @@ class RunSettings:
     poll_interval: float = 0.1
     node_wait: float = 120.0
     he_public_context: Path | None = None  # protection he; default <workdir>/he-public.ctx
+    observer: Callable[[RunEvent], None] | None = field(default=None, compare=False)
 
 
 class _Run:
@@ -119,7 +144,11 @@ class _Run:
 
     def wait_for_nodes(self, count: int) -> list[int]:
         deadline = time.monotonic() + self.settings.node_wait
+        told = -1  # the connected count last reported to the observer
         while len(nodes := sorted(self.grid.get_node_ids())) < count:
+            if len(nodes) != told and self.settings.observer is not None:
+                told = len(nodes)
+                self.settings.observer(Waiting(needed=count, connected=told))
             if time.monotonic() > deadline:
                 raise FederationError(
                     f"only {len(nodes)} client(s) connected within "
@@ -190,6 +219,8 @@ class _Run:
         nodes = self.wait_for_nodes(spec.clients.minimum)
         rng = random.Random(f"{self.settings.seed}:{round_}")
         sampled = sorted(rng.sample(nodes, min(spec.clients.per_round, len(nodes))))
+        if self.settings.observer is not None:
+            self.settings.observer(RoundStarted(round_, spec.rounds, len(sampled)))
         pending = self.pending
         secure: SecAggResult | None = None
         if spec.protection == "secagg" and not isinstance(arrays, EncryptedGlobal):

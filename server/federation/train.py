@@ -1,4 +1,12 @@
-"""``fedge train``: run (or resume) a federation in the simulation or the Deployment Engine."""
+"""``fedge train``: run (or resume) a federation in the simulation or the Deployment Engine.
+
+Both engines report through the same two callbacks: ``progress`` gets each round's metrics line,
+``observer`` what happens in between (waiting for holders, a round going out). In the simulation
+they come straight from the ServerApp; on a SuperLink the ServerApp runs elsewhere, so
+:class:`_Follower` reads what it leaves in the work directory between two status polls.
+A SuperLink run this command started is never left behind silently: an interrupt or the
+timeout stops it, or (``keep_running``) says exactly how to stop it later.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +15,17 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fedge import messages as m
-from fedge.errors import UsageError
+from fedge.errors import FederationError, UsageError
 from fedge.he_wire import PUBLIC_CONTEXT_FILE, SECRET_CONTEXT_FILE
 from policies import FederationPolicy
 from server.federation.app_dir import write_app_dir
-from server.federation.rounds import RoundReport, RunSettings
+from server.federation.rounds import RoundReport, RoundStarted, RunEvent, RunSettings, Waiting
+
+if TYPE_CHECKING:
+    from server.federation.deployment_engine import RunStatus
 
 __all__ = ["TrainPlan", "load_plan", "simulated_he_keys", "train_deployed", "train_simulated"]
 
@@ -30,7 +42,10 @@ class TrainPlan:
         return self.settings.workdir
 
 
-def load_plan(policy_path: Path, *, workdir: Path | None, run_id: str | None) -> TrainPlan:
+def load_plan(
+    policy_path: Path, *, workdir: Path | None, run_id: str | None, rounds: int | None = None
+) -> TrainPlan:
+    """The run as the policy describes it; ``rounds`` overrides the policy's ``spec.rounds``."""
     from server.federation.flower_app import settings_from_text
 
     try:
@@ -43,8 +58,37 @@ def load_plan(policy_path: Path, *, workdir: Path | None, run_id: str | None) ->
     policy = the_one(check_files([policy_path]), FederationPolicy, source=f"--policy {policy_path}")
     name = run_id or policy.metadata.name
     folder = (workdir or Path("fedge-runs") / name).resolve()
+    if rounds is not None:
+        text = _with_rounds(text, rounds, folder)
     settings = settings_from_text(text, workdir=folder, run_id=name, name=str(policy_path))
     return TrainPlan(settings=settings, policy_path=policy_path)
+
+
+def _with_rounds(text: str, rounds: int, workdir: Path) -> str:
+    """The policy text with ``spec.rounds`` set to ``rounds``.
+
+    The text itself changes (not just the coordinator's copy) because it travels to every holder,
+    which prices its privacy over the rounds the policy it receives announces.
+    """
+    import yaml
+
+    from server.federation.checkpoint import CheckpointStore
+
+    if rounds < 1:
+        raise UsageError(f"--rounds {rounds}: must be at least 1")
+    latest = CheckpointStore(workdir / "checkpoints").latest()
+    if latest is not None and latest.round > rounds:
+        raise UsageError(
+            f"--rounds {rounds}: the run in {workdir} already reached round {latest.round}; "
+            f"give --rounds {latest.round} or more, or start a new run (--run-id or --workdir)"
+        )
+    documents = list(yaml.safe_load_all(text))
+    for document in documents:
+        if isinstance(document, dict) and document.get("kind") == "FederationPolicy":
+            spec = document.get("spec")
+            if isinstance(spec, dict):
+                spec["rounds"] = rounds
+    return str(yaml.safe_dump_all(documents, sort_keys=False))
 
 
 def _client_files(data_dir: Path, count: int) -> list[Path]:
@@ -71,6 +115,7 @@ def train_simulated(
     num_clients: int,
     data_dir: Path,
     progress: Callable[[RoundReport], None] | None = None,
+    observer: Callable[[RunEvent], None] | None = None,
     cpus_per_client: float | None = None,
     verbose: bool = False,
 ) -> None:
@@ -95,7 +140,7 @@ def train_simulated(
         m.RUN_DATA_DIR: str(data_dir.resolve()),
         m.RUN_STATE_DIR: str(workdir / "clients"),
     }
-    settings = plan.settings
+    settings = replace(plan.settings, observer=observer)
     if settings.policy.spec.protection == "he":
         secret, public = simulated_he_keys(workdir / "he")
         config |= {m.RUN_HE_SECRET_CONTEXT: str(secret), m.RUN_HE_PUBLIC_CONTEXT: str(public)}
@@ -136,6 +181,54 @@ def simulated_he_keys(folder: Path) -> tuple[Path, Path]:
     return secret, public
 
 
+class _Follower:
+    """Between two status polls: the run's state changes, its progress file, its new lines."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        run_id: int,
+        *,
+        say: Callable[[str], None],
+        progress: Callable[[RoundReport], None] | None,
+        observer: Callable[[RunEvent], None] | None,
+    ) -> None:
+        from server.federation.metrics import MetricsLog
+
+        self.workdir, self.run_id = workdir, run_id
+        self.say, self.progress, self.observer = say, progress, observer
+        self.metrics = MetricsLog(workdir / "metrics.jsonl")
+        self.last_round = max((int(r.get("round", 0)) for r in self.metrics.read()), default=0)
+        self.status = ""
+        self.seen: tuple[Any, ...] = ()
+
+    def poll(self, status: RunStatus) -> None:
+        from server.federation.deployment_engine import read_progress
+
+        if status.status != self.status:
+            self.status = status.status
+            if not status.finished:
+                self.say(f"Flower run {self.run_id}: {status.status}")
+        body = read_progress(self.workdir, flower_run=self.run_id).get(self.run_id, {})
+        if self.observer is not None and body:
+            state = body.get("state")
+            if state == "waiting":
+                now: tuple[Any, ...] = (state, body.get("needed"), body.get("connected"))
+                event: RunEvent = Waiting(int(now[1] or 0), int(now[2] or 0))
+            else:
+                now = ("training", body.get("training"))
+                sampled = body.get("sampled", {}).get(str(body.get("training")), 0)
+                event = RoundStarted(int(now[1] or 0), int(body.get("rounds", 0)), int(sampled))
+            if now != self.seen and (state == "waiting" or int(now[1] or 0) > 0):
+                self.seen = now
+                self.observer(event)
+        for record in self.metrics.read():
+            if int(record.get("round", 0)) > self.last_round:
+                self.last_round = int(record["round"])
+                if self.progress is not None:
+                    self.progress(RoundReport(**record))
+
+
 def train_deployed(
     plan: TrainPlan,
     *,
@@ -143,16 +236,29 @@ def train_deployed(
     root_certificates: Path,
     timeout: float,
     he_public_context: Path | None = None,
+    keep_running: bool = False,
+    say: Callable[[str], None] = lambda _line: None,
+    progress: Callable[[RoundReport], None] | None = None,
+    observer: Callable[[RunEvent], None] | None = None,
 ) -> int:
     """Submit the run to a SuperLink over TLS and follow it to the end; returns Flower's run id.
 
     The ServerApp runs in a process the SuperLink starts, so everything it needs travels in the
-    run config: the policy text and an absolute work directory.
+    run config: the policy text and an absolute work directory. On an interrupt or the timeout
+    the run is stopped on the SuperLink (``keep_running``: left running, with the command that
+    stops it), and ``say`` is told which.
     """
-    from server.federation.deployment_engine import submit_run, wait_for_run, write_flwr_home
+    from server.federation.deployment_engine import (
+        RunTimeoutError,
+        check_superlink,
+        submit_run,
+        wait_for_run,
+        write_flwr_home,
+    )
 
     if not root_certificates.is_file():
         raise UsageError(f"--ca {root_certificates}: CA certificate not found")
+    check_superlink(superlink, root_certificates)
     workdir = plan.workdir
     flwr_home = workdir / "flwr"
     write_flwr_home(flwr_home, address=superlink, root_certificates=root_certificates.resolve())
@@ -171,5 +277,35 @@ def train_deployed(
         config[m.RUN_HE_PUBLIC_CONTEXT] = str(public)
     app_dir = write_app_dir(workdir / "app", config)
     run_id = submit_run(app_dir, flwr_home=flwr_home)
-    wait_for_run(run_id, flwr_home=flwr_home, timeout=timeout)
-    return run_id
+    say(f"submitted as Flower run {run_id}")
+    follower = _Follower(workdir, run_id, say=say, progress=progress, observer=observer)
+
+    def leave() -> str:
+        return _leave_run(
+            run_id, flwr_home, keep_running=keep_running, superlink=superlink, ca=root_certificates
+        )
+
+    try:
+        wait_for_run(run_id, flwr_home=flwr_home, timeout=timeout, on_poll=follower.poll)
+    except KeyboardInterrupt:
+        say(leave())
+        raise
+    except RunTimeoutError as exc:
+        raise FederationError(f"{exc} (--timeout {timeout:g}); {leave()}") from exc
+    return run_id  # the last poll, with the run finished, read its last lines
+
+
+def _leave_run(
+    run_id: int, flwr_home: Path, *, keep_running: bool, superlink: str, ca: Path
+) -> str:
+    """Stop the run on the SuperLink (or leave it); the line that tells the operator which."""
+    from server.federation.deployment_engine import stop_run
+
+    stop = f"fedge runs stop {run_id} --superlink {superlink} --ca {ca}"
+    if keep_running:
+        return f"run {run_id} keeps running on the SuperLink; stop it with: {stop}"
+    try:
+        stop_run(run_id, flwr_home=flwr_home)
+    except FederationError as exc:
+        return f"could not stop run {run_id} on the SuperLink ({exc}); try: {stop}"
+    return f"stopped run {run_id} on the SuperLink"

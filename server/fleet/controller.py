@@ -8,6 +8,12 @@ device had before the rollout (also retained, so a device that restarts converge
 when it had none, a ``rollback`` command. The topic and payload contract is
 ``edge_agent.protocol``, the one module of the agent the coordinator may import.
 
+While it runs, the rollout reports progress line by line (``on_progress``) and keeps its state
+retained on the operator-only ``fedge/v1/<fleet>/_rollout/<deployment id>`` topic
+(:mod:`server.fleet.progress`), which is what ``fedge deploy status`` and ``--detach`` read; the
+ten newest finished rollouts of a fleet are kept there, older ones are cleared. "Last seen" is
+the newest of a device's own timestamps, not the time a retained copy reached this client.
+
 The operator's broker account needs read and write on ``fedge/v1/<fleet>/#``; devices are
 confined to their own subtree by the broker's ACL, so only the operator can set a device's
 desired state.
@@ -17,21 +23,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import ssl
+import os
+import re
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
-
 from edge_agent.protocol import (
+    DEPLOYMENT_ID,
     Channel,
     Command,
     CommandMessage,
@@ -51,6 +56,16 @@ from fedge.errors import EdgeError, UsageError
 from fedge.logs import get_logger
 from fedge.replica_urls import DOCUMENT_FIELDS
 from policies.rollout import RolloutSpec
+from server.fleet.connection import BrokerConnection, BrokerEndpoint
+from server.fleet.progress import (
+    ControllerInfo,
+    ProgressEvent,
+    ProgressTracker,
+    RolloutDocument,
+    parse_rollout_topic,
+    rollout_filter,
+    rollout_topic,
+)
 from server.fleet.rollout import Action, DeviceView, RolloutState, decide, start_rollout
 
 __all__ = [
@@ -64,17 +79,7 @@ __all__ = [
 
 log = get_logger(__name__)
 
-
-@dataclass(frozen=True)
-class BrokerEndpoint:
-    """How the operator reaches the broker: TLS against ``ca_file``, its own account."""
-
-    host: str
-    port: int
-    ca_file: Path | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: bool = True
+KEEP_FINISHED_ROLLOUTS = 10  # retained rollout documents a fleet keeps for `fedge deploy status`
 
 
 @dataclass
@@ -105,6 +110,24 @@ class DeviceRecord:
             online=self._online(),
         )
 
+    def row(self) -> dict[str, Any]:
+        """The device as ``fedge fleet status`` lists it (``-o json`` items, camelCase)."""
+        reported = self.reported
+        health = reported.health if reported else None
+        return {
+            "device": self.device,
+            "online": self._online(),
+            "desired": self.desired.version if self.desired else None,
+            "reported": reported.current.version if reported and reported.current else None,
+            "phase": reported.phase.value if reported and reported.phase else None,
+            "error": reported.error if reported else None,
+            "samples": health.samples if health else 0,
+            "errorRate": health.error_rate if health else None,
+            "p50Ms": health.p50_ms if health else None,
+            "p95Ms": health.p95_ms if health else None,
+            "lastSeen": self.last_seen.isoformat() if self.last_seen else None,
+        }
+
     def _online(self) -> bool:
         return self.status is not None and self.status.state.value == "online"
 
@@ -133,6 +156,10 @@ def desired_for_artifact(
             f"--urls names {urls.get(artifact_key)} {urls.get(version_key)}, "
             f"but the artifact is {name} {version}"
         )
+    if deployment_id is not None and not re.fullmatch(DEPLOYMENT_ID, deployment_id):
+        raise UsageError(
+            f"--deployment-id {deployment_id!r}: letters, digits, '_', '.', ':', '-' (up to 128)"
+        )
     replicas = urls.get(replicas_key)
     if not isinstance(replicas, list) or not replicas:
         raise UsageError("--urls: no replica URLs (is the artifact placed? fedge place apply)")
@@ -149,77 +176,58 @@ def desired_for_artifact(
         raise UsageError(f"--urls: not a valid deployment ({exc})") from exc
 
 
-class FleetClient:
+class FleetClient(BrokerConnection):
     """A connected operator client that mirrors one fleet's device shadows."""
 
     def __init__(self, broker: BrokerEndpoint, fleet: str, *, client_id: str | None = None) -> None:
+        super().__init__(broker, client_id=client_id)
         self.fleet = fleet
         self.devices: dict[str, DeviceRecord] = {}
         self._lock = threading.Lock()
-        self._connected = threading.Event()
         self._changed = threading.Event()  # a device's reported or status document moved
-        self._error: str | None = None
-        self._client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"fedge-operator-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
-        )
-        if broker.tls:
-            context = ssl.create_default_context(
-                cafile=str(broker.ca_file) if broker.ca_file else None
-            )
-            self._client.tls_set_context(context)
-        if broker.username:
-            self._client.username_pw_set(broker.username, broker.password)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=5)  # ride out a broker restart
-        self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
-        self._broker = broker
+        # the fleet's finished rollouts: deployment id -> when it started (for pruning)
+        self.finished_rollouts: dict[str, datetime] = {}
 
     def __enter__(self) -> FleetClient:
         self.connect()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def filters(self) -> list[str]:
+        channels = (Channel.DESIRED, Channel.REPORTED, Channel.STATUS, Channel.TELEMETRY)
+        return [fleet_filter(c, fleet=self.fleet) for c in channels] + [rollout_filter(self.fleet)]
 
-    def connect(self, *, timeout: float = 15.0) -> None:
-        where = f"{self._broker.host}:{self._broker.port}"
-        try:
-            self._client.connect(self._broker.host, self._broker.port, keepalive=30)
-        except (OSError, ssl.SSLError) as exc:
-            raise EdgeError(f"broker {where}: cannot connect ({exc})") from exc
-        self._client.loop_start()
-        if not self._connected.wait(timeout):
-            self.close()
-            raise EdgeError(f"broker {where}: no connection within {timeout:g} s")
-        if self._error is not None:
-            self.close()
-            raise EdgeError(f"broker {where}: {self._error}")
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
-    ) -> None:
-        if reason.is_failure:
-            self._error = f"connection refused ({reason})"
-        else:
-            for channel in (Channel.DESIRED, Channel.REPORTED, Channel.STATUS, Channel.TELEMETRY):
-                client.subscribe(fleet_filter(channel, fleet=self.fleet), qos=1)
-        self._connected.set()
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        parsed = parse_topic(message.topic)
-        if parsed is None or parsed[0] != self.fleet or not message.payload:
+    def handle(self, topic: str, payload: bytes) -> None:
+        if (rollout := parse_rollout_topic(topic)) is not None:
+            self._note_rollout(rollout[1], payload)
+            return
+        parsed = parse_topic(topic)
+        if parsed is None or parsed[0] != self.fleet or not payload:
             return
         _, device, channel = parsed
         try:
-            self._record(device, channel, bytes(message.payload))
+            self._record(device, channel, payload)
         except ProtocolError as exc:
-            log.warning("%s: ignoring a malformed message: %s", message.topic, exc)
+            log.warning("%s: ignoring a malformed message: %s", topic, exc)
+
+    def _note_rollout(self, deployment_id: str, payload: bytes) -> None:
+        with self._lock:
+            self.finished_rollouts.pop(deployment_id, None)
+            if not payload:
+                return
+            try:
+                document = decode(RolloutDocument, payload, channel="rollout")
+            except ProtocolError:
+                return  # not ours to judge; a newer controller may have written it
+            if document.finished or document.stopped is not None:
+                self.finished_rollouts[deployment_id] = document.started_at
+
+    def forget_rollouts(self, *, keep: int) -> list[str]:
+        """Clear the retained documents of all but the ``keep`` newest finished rollouts."""
+        with self._lock:
+            ordered = sorted(self.finished_rollouts, key=self.finished_rollouts.__getitem__)
+        old = ordered[: max(0, len(ordered) - keep)]
+        self.publish_many([(rollout_topic(self.fleet, d), b"") for d in old], retain=True)
+        return old
 
     def _record(self, device: str, channel: Channel, payload: bytes) -> None:
         with self._lock:
@@ -239,8 +247,14 @@ class FleetClient:
             seq = doc.birth_seq
             if seq < record.birth_seq:
                 return  # from an earlier life of the device: stale
+            if seq > record.birth_seq:
+                record.last_seen = None  # a new life: its own clock may have been reset
             record.birth_seq = seq
-            record.last_seen = doc.ts
+            # The device's own latest timestamp, whatever order the retained documents arrive
+            # in: an ``offline`` will carries the time of the connection it was set at, older
+            # than the last ``reported``, and must not pull "last seen" back.
+            if record.last_seen is None or doc.ts > record.last_seen:
+                record.last_seen = doc.ts
             if isinstance(doc, ReportedState):
                 record.reported = doc
                 self._changed.set()
@@ -260,56 +274,6 @@ class FleetClient:
         with self._lock:
             return {name: _copy(record) for name, record in self.devices.items()}
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool, timeout: float = 30.0) -> None:
-        """Publish at QoS 1 and wait for the broker's PUBACK, across a reconnection.
-
-        paho reports a publish made while the connection is down as an error (and queues it); a
-        rollout must survive a broker restart, so the message is sent again once the client has
-        reconnected. A duplicate is harmless: ``desired`` is retained (the same bytes twice) and
-        an agent ignores a second ``rollback`` of a deployment it already rolled back.
-        """
-        deadline = time.monotonic() + timeout
-        problem = "not connected"
-        while time.monotonic() < deadline:
-            if self._client.is_connected():
-                info = self._client.publish(topic, payload, qos=1, retain=retain)
-                try:
-                    info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
-                    if info.is_published():
-                        return
-                    problem = "no acknowledgement"
-                except (RuntimeError, ValueError) as exc:  # connection lost, queue full
-                    problem = str(exc)
-            time.sleep(0.1)
-        raise EdgeError(f"{topic}: the broker did not acknowledge the message ({problem})")
-
-    def publish_many(
-        self, messages: Sequence[tuple[str, bytes]], *, retain: bool, timeout: float = 30.0
-    ) -> None:
-        """Publish several QoS 1 messages back to back, then wait for every PUBACK.
-
-        A batch of a hundred devices then costs about one round trip to the broker instead of a
-        hundred (paho keeps up to the broker's receive maximum in flight and queues the rest).
-        A message not acknowledged that way goes through :meth:`publish`, which rides out a
-        reconnection.
-        """
-        sent: list[tuple[str, bytes, mqtt.MQTTMessageInfo | None]] = []
-        for topic, payload in messages:
-            info = None
-            if self._client.is_connected():
-                info = self._client.publish(topic, payload, qos=1, retain=retain)
-            sent.append((topic, payload, info))
-        deadline = time.monotonic() + timeout
-        for topic, payload, info in sent:
-            if info is not None:
-                try:
-                    info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
-                    if info.is_published():
-                        continue
-                except (RuntimeError, ValueError):  # connection lost, queue full
-                    pass
-            self.publish(topic, payload, retain=retain, timeout=timeout)
-
     def desire(self, device: str, desired: DesiredState) -> None:
         self.publish(device_topics(self.fleet, device).desired, desired.to_json(), retain=True)
 
@@ -324,6 +288,11 @@ class FleetClient:
     def command(self, device: str, command: Command) -> None:
         message = CommandMessage(command=command, request_id=uuid.uuid4().hex)
         self.publish(device_topics(self.fleet, device).cmd, message.to_json(), retain=False)
+
+    def record_rollout(self, document: RolloutDocument) -> None:
+        """Publish a rollout's progress, retained, on the operator-only rollout topic."""
+        topic = rollout_topic(self.fleet, document.deployment_id)
+        self.publish(topic, document.to_json(), retain=True)
 
 
 def _copy(record: DeviceRecord) -> DeviceRecord:
@@ -363,6 +332,51 @@ def _carry_out(
                 connection.command(device, Command.ROLLBACK)
 
 
+class _Recorder:
+    """Keeps the rollout's retained document current without publishing at every decision:
+    at once for a new stage, a published action or the end; at most every ``every`` seconds for
+    device events; and every ``heartbeat`` seconds regardless, so a reader can tell a live
+    controller (a fresh ``updatedAt``) from one that is gone."""
+
+    def __init__(
+        self,
+        connection: FleetClient,
+        tracker: ProgressTracker,
+        clock: Callable[[], float],
+        *,
+        every: float = 0.5,
+        heartbeat: float = 5.0,
+    ) -> None:
+        self.connection = connection
+        self.tracker = tracker
+        self.clock = clock
+        self.every = every
+        self.heartbeat = heartbeat
+        self._last: float | None = None
+        self._pending = False
+
+    def step(self, state: RolloutState, *, events: bool, urgent: bool) -> None:
+        now = self.clock()
+        self._pending = self._pending or events
+        since = float("inf") if self._last is None else now - self._last
+        if urgent or (self._pending and since >= self.every) or since >= self.heartbeat:
+            self.connection.record_rollout(self.tracker.document(state))
+            self._last, self._pending = now, False
+
+    def stopped(self, state: RolloutState, why: str) -> None:
+        """Best effort: say in the document that this controller ended before the rollout."""
+        try:
+            document = self.tracker.document(state, stopped=why)
+            self.connection.publish(
+                rollout_topic(self.connection.fleet, document.deployment_id),
+                document.to_json(),
+                retain=True,
+                timeout=5.0,
+            )
+        except EdgeError as exc:
+            log.warning("could not record that the rollout stopped: %s", exc)
+
+
 def run_rollout(
     broker: BrokerEndpoint,
     fleet: str,
@@ -374,6 +388,8 @@ def run_rollout(
     poll: float = 0.5,
     settle: float = 0.05,
     on_step: Callable[[RolloutState, list[Action]], None] | None = None,
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+    controller: ControllerInfo | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> RolloutState:
     """Roll ``desired`` out to the fleet under ``spec``; returns the final state.
@@ -382,8 +398,15 @@ def run_rollout(
     after ``discover`` seconds (its status, or a reported document). The decision is taken again
     as soon as a device reports (at most every ``settle`` seconds, so a burst of reports from a
     large batch costs one decision, not one each), at the end of the soak, and at least every
-    ``poll`` seconds (for the timeout).
+    ``poll`` seconds (for the timeout and the soak countdown).
+
+    Progress (stages, each device's phase, the health figures judged, the soak countdown) goes
+    to ``on_progress`` line by line, and, with the rollout's state, into the retained rollout
+    document (:mod:`server.fleet.progress`), where ``fedge deploy status`` reads it. If this
+    function ends early (Ctrl-C, a broker that stays away), the document says so.
     """
+    info = controller or ControllerInfo(pid=os.getpid(), host=socket.gethostname())
+    tracker = ProgressTracker(fleet, desired, spec, controller=info)
     with FleetClient(broker, fleet) as connection:
         time.sleep(discover)
         known = connection.snapshot()
@@ -391,20 +414,35 @@ def run_rollout(
         if not chosen:
             raise UsageError(f"fleet {fleet!r}: no devices known to the broker")
         previous = {d: known[d].desired if d in known else None for d in chosen}
+        connection.forget_rollouts(keep=KEEP_FINISHED_ROLLOUTS)
         state = start_rollout(desired.deployment_id, chosen, spec, now=clock())
-        while True:
-            views = {name: record.view() for name, record in connection.snapshot().items()}
-            stage = state.stage
-            state, actions = decide(state, views, spec, now=clock())
-            for action in actions:
-                _carry_out(connection, action, desired, previous)
-            if on_step is not None and (actions or state.finished):
-                on_step(state, actions)
-            if state.finished:
-                return state
-            if actions or state.stage == stage:  # a new stage is judged at once
-                wait = poll
-                if state.stage == "soak":
-                    wait = min(wait, state.stage_started + spec.soak_time - clock())
-                connection.wait_for_change(wait)
-                time.sleep(settle)
+        recorder = _Recorder(connection, tracker, clock)
+        try:
+            while True:
+                views = {name: record.view() for name, record in connection.snapshot().items()}
+                stage = state.stage
+                state, actions = decide(state, views, spec, now=clock())
+                events = tracker.observe(state, views, actions, now=clock())
+                if on_progress is not None:
+                    for event in events:
+                        on_progress(event)
+                for action in actions:
+                    _carry_out(connection, action, desired, previous)
+                urgent = bool(actions) or state.stage != stage or state.finished
+                recorder.step(state, events=bool(events), urgent=urgent)
+                if on_step is not None and (actions or state.finished):
+                    on_step(state, actions)
+                if state.finished:
+                    return state
+                if actions or state.stage == stage:  # a new stage is judged at once
+                    wait = poll
+                    if state.stage == "soak":
+                        wait = min(wait, state.stage_started + spec.soak_time - clock())
+                    connection.wait_for_change(wait)
+                    time.sleep(settle)
+        except KeyboardInterrupt:
+            recorder.stopped(state, "the controller was interrupted")
+            raise
+        except Exception as exc:
+            recorder.stopped(state, f"the controller failed: {exc}")
+            raise

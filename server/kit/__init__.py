@@ -1,0 +1,1 @@
+"""Provisioning: what each site needs, made by the operator (broker configuration, kits)."""
