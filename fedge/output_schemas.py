@@ -228,7 +228,7 @@ _ROLLOUT = {
         "devices": _STRS,
         "canary": _STRS,
         "updated": _STRS,
-        "succeeded": _STRS,
+        "succeeded": _INT,  # devices of this rollout that reached SUCCEEDED
         "batch": _INT,
         "batches": _INT,
         "startedAt": _TIME,

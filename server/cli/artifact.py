@@ -44,7 +44,7 @@ def artifact_sign(
     )
     out.print(
         f"signed {manifest.name} {manifest.version}: {len(manifest.files)} file(s), "
-        f"digest {manifest.digest}"
+        f"contentDigest {manifest.content_digest}, manifest sha256 {manifest.digest}"
     )
 
 

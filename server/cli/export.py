@@ -172,6 +172,7 @@ def register(app: typer.Typer) -> None:
         )
         out.print(table)
         out.print(
-            f"signed artifact {result.path}: digest {result.manifest.digest}, "
-            f"int8 agrees with fp32 on {metrics['agreement_int8_fp32']:.1%} of held-out examples"
+            f"signed artifact {result.path}: contentDigest {result.manifest.content_digest}, "
+            f"manifest sha256 {result.manifest.digest}; int8 agrees with fp32 on "
+            f"{metrics['agreement_int8_fp32']:.1%} of held-out examples"
         )

@@ -9,7 +9,9 @@ with a private, throw-away Flower home, after checking that the address and CA a
 
 from __future__ import annotations
 
+import json
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -126,23 +128,43 @@ def list_runs(
         ),
     ] = None,
     output: OutputOption = OutputFormat.TABLE,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Show the list again every --interval s.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.5, help="Seconds between --watch refreshes.")
+    ] = 5.0,
 ) -> None:
-    """List the SuperLink's runs: state, round reached, clients, when each started."""
+    """List the SuperLink's runs: state, round reached, clients, when each started.
+
+    ``--watch`` repeats the list until Ctrl-C (exit 0); with ``-o json`` one document per line.
+    """
     if ctx.invoked_subcommand is not None:
         return
     from server.federation.deployment_engine import list_runs as flwr_ls
 
-    bodies = _progress(workdir or [])
-    with _flwr_home(superlink, ca) as home:
-        runs = flwr_ls(flwr_home=home)
-    items = [_item(run, bodies.get(run.run_id)) for run in runs]
-    emit(
-        document("RunList", items, superlink=superlink),
-        output,
-        columns=RUN_COLUMNS,
-        title=f"runs on {superlink}",
-        notes=[f"{len(items)} run(s)"],
-    )
+    try:
+        with _flwr_home(superlink, ca) as home:
+            while True:
+                bodies = _progress(workdir or [])
+                runs = flwr_ls(flwr_home=home)
+                items = [_item(run, bodies.get(run.run_id)) for run in runs]
+                doc = document("RunList", items, superlink=superlink)
+                if watch and output is OutputFormat.JSON:  # a stream a script reads line by line
+                    out.file.write(json.dumps(doc) + "\n")
+                    out.file.flush()
+                else:
+                    when = f" at {time.strftime('%H:%M:%S')}" if watch else ""
+                    title = f"runs on {superlink}{when}"
+                    notes = [f"{len(items)} run(s)"]
+                    emit(doc, output, columns=RUN_COLUMNS, title=title, notes=notes)
+                if not watch:
+                    return
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        if not watch:
+            raise
+        # Ctrl-C is how a watch ends: exit 0
 
 
 @runs_app.command("stop")

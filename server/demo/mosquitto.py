@@ -1,34 +1,27 @@
 """A mosquitto broker that fedge starts and stops itself: the demo's broker.
 
-Production runs its own mosquitto; the demo (and the benchmarks) need one that comes up on
-loopback with the same security as production, so the agents run exactly as they would in the
-field: TLS only (a CA and a server certificate from :func:`fedge.tls.generate_federation_certs`),
-no anonymous clients, a password file, and an ACL that confines each device to
-``fedge/v1/<fleet>/<device>/#`` while the operator account may use ``fedge/v1/#``. Passwords
-are random, written to 0600 files for the accounts that need them, never logged.
+Production runs its own mosquitto (configured by ``fedge broker init``); the demo (and the
+benchmarks) need one that comes up on loopback with the same configuration, so the agents run
+exactly as they would in the field: TLS only, no anonymous clients, a password file, and an ACL
+that confines each device to ``fedge/v1/<fleet>/<device>/#`` while the operator account may use
+``fedge/v1/#`` (:class:`server.kit.broker.BrokerFolder` writes all of it). Passwords are random,
+in 0600 files for the accounts that need them, never logged.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import os
-import pwd
-import secrets
 import shutil
 import socket
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from fedge.atomic import atomic_write_text
 from fedge.errors import EdgeError
 from fedge.process import LOOPBACK, ManagedProcess
 from fedge.tls import CertPaths
+from server.kit.broker import OPERATOR, BrokerFolder, device_username
 
-__all__ = ["OPERATOR", "LocalBroker", "free_port", "mosquitto_binary", "password_line"]
-
-OPERATOR = "operator"
+__all__ = ["OPERATOR", "LocalBroker", "free_port", "mosquitto_binary"]
 
 
 def mosquitto_binary() -> str:
@@ -48,16 +41,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def password_line(username: str, password: str, *, iterations: int = 101) -> str:
-    """mosquitto 2.x's password-file format: ``$7$`` is PBKDF2-HMAC-SHA512 with a 12-byte salt."""
-    salt = secrets.token_bytes(12)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, dklen=64)
-    encoded = f"{base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-    return f"{username}:$7${iterations}${encoded}"
-
-
 class LocalBroker:
-    """mosquitto on 127.0.0.1 with TLS, passwords and per-device ACLs, in ``folder``."""
+    """mosquitto on 127.0.0.1 with TLS, passwords and per-device ACLs, in ``folder``.
+
+    The configuration is :class:`server.kit.broker.BrokerFolder`'s, as ``fedge broker init``
+    writes it for production; this class only adds the process.
+    """
 
     def __init__(
         self,
@@ -71,46 +60,22 @@ class LocalBroker:
         self.certs = certs
         self.port = port or free_port()
         self.process: ManagedProcess | None = None
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "data").mkdir(exist_ok=True)
-        self.passwords = {OPERATOR: secrets.token_urlsafe(16)}
-        blocks = [f"user {OPERATOR}\ntopic readwrite fedge/v1/#\n"]
+        self.config = BrokerFolder(folder)
+        self.config.init(host=LOOPBACK, port=self.port, certs=certs)
         for fleet, device in devices:
-            user = self.username(fleet, device)
-            self.passwords[user] = secrets.token_urlsafe(16)
-            blocks.append(f"user {user}\ntopic readwrite fedge/v1/{fleet}/{device}/#\n")
-        lines = [password_line(u, p) for u, p in self.passwords.items()]
-        atomic_write_text(folder / "passwd", "\n".join(lines) + "\n", mode=0o600)
-        atomic_write_text(folder / "acl", "\n".join(blocks), mode=0o600)
-        for user, password in self.passwords.items():
-            atomic_write_text(self.password_file(user), password + "\n", mode=0o600)
-        config = [
-            f"listener {self.port} {LOOPBACK}",
-            f"cafile {certs.ca_cert}",
-            f"certfile {certs.server_cert}",
-            f"keyfile {certs.server_key}",
-            "tls_version tlsv1.2",
-            "allow_anonymous false",
-            f"password_file {folder / 'passwd'}",
-            f"acl_file {folder / 'acl'}",
-            "persistence true",
-            f"persistence_location {folder / 'data'}/",
-            f"log_dest file {folder / 'mosquitto.log'}",
-        ]
-        if os.getuid() == 0:  # as root mosquitto drops to "mosquitto", who cannot read the keys
-            config.append(f"user {pwd.getpwuid(os.getuid()).pw_name}")
-        atomic_write_text(folder / "mosquitto.conf", "\n".join(config) + "\n")
+            self.config.add_device(fleet, device)
+        self.passwords = {user: self.config.password(user) for user in self.config.users()}
 
     @staticmethod
     def username(fleet: str, device: str) -> str:
-        return f"{fleet}.{device}"
+        return device_username(fleet, device)
 
     def password_file(self, user: str) -> Path:
-        return self.folder / "secrets" / f"{user}.password"
+        return self.config.password_file(user)
 
     def start(self, *, timeout: float = 20.0) -> LocalBroker:
         self.process = ManagedProcess(
-            [mosquitto_binary(), "-c", str(self.folder / "mosquitto.conf")],
+            [mosquitto_binary(), "-c", str(self.config.config)],
             log_path=self.folder / "stderr.log",
             name="mosquitto",
             error=EdgeError,

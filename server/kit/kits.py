@@ -84,14 +84,16 @@ def holder_kit(
         folder / "start.sh",
         [
             f"# fedge data holder kit for {name}: enrolls once, then joins the federation.",
-            "# Usage: ./start.sh YOUR-LABELLED-DATA-FILE   (CSV, TSV or JSONL; it never leaves)",
+            "# Usage: ./start.sh YOUR-LABELLED-DATA-FILE [fedge-client start options]",
+            "# (CSV, TSV or JSONL; it never leaves). A 2nd holder on one machine: --port 9095",
             "set -eu",
             'DATA=$(realpath "${1:?usage: ./start.sh YOUR-LABELLED-DATA-FILE}")',
+            "shift",
             'cd "$(dirname "$0")"',
             f"if [ ! -f {HOLDER_STATE}/join.json ]; then",
             f"  FEDGE_ENROLL_TOKEN=$(cat token) {enroll}",
             "fi",
-            f'exec {start} --data "$DATA"',
+            f'exec {start} --data "$DATA" "$@"',
         ],
     )
     atomic_write_text(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -181,6 +182,11 @@ def test_keys_sign_verify_and_tamper(cli, tmp_path: Path) -> None:
         "app=s",
     )
     assert signed.code == 0, signed.err
+    written = json.loads((artifact / "manifest.json").read_text())
+    manifest_sha = hashlib.sha256((artifact / "manifest.json").read_bytes()).hexdigest()
+    # the digests printed are the manifest's own contentDigest and the file's sha256, named
+    assert f"contentDigest {written['contentDigest']}" in signed.out
+    assert f"manifest sha256 {manifest_sha}" in signed.out
     for trusted in (str(keys / "signing.pub"), inline):
         assert cli(fedge_app, "artifact", "verify", artifact, "--trusted", trusted).code == 0
 

@@ -103,6 +103,21 @@ def test_ctrl_c_on_fedge_train_stops_the_run_on_the_superlink(
             2,
         )
         assert (row["name"], row["workdir"]) == ("sentiment-demo", str(workdir.resolve()))
+        # --watch: one document per line until Ctrl-C, which ends the watch (exit 0)
+        watch = subprocess.Popen(
+            [FEDGE, "runs", "--watch", "--interval", "0.5", "-o", "json", "--workdir",
+             str(workdir), "--superlink", superlink.address, "--ca", str(superlink.certs.ca_cert)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert watch.stdout is not None
+            for _ in range(2):
+                jsonschema.validate(json.loads(watch.stdout.readline()), schema_for("RunList"))
+            watch.send_signal(signal.SIGINT)
+            assert watch.wait(timeout=30) == 0
+        finally:
+            if watch.poll() is None:
+                watch.kill()
         process.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert process.wait(timeout=60) == 130, log.read_text()[-3000:]
     finally:

@@ -40,7 +40,7 @@ from fedge.errors import EdgeError
 from fedge.process import ManagedProcess
 from fedge.tls import CertPaths, generate_federation_certs
 from server.demo.mosquitto import mosquitto_binary as product_binary
-from server.demo.mosquitto import password_line
+from server.kit.broker import password_line
 
 LOOPBACK = "127.0.0.1"
 OPERATOR = "operator"
