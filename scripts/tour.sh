@@ -30,9 +30,11 @@ export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 PYTHONUNBUFFERED=1
 
 set -m  # every background command gets a process group of its own, so the trap can stop it all
 PIDS=()
+FG_PID=
 cleanup() {
     local status=$? pid i
     trap - EXIT INT TERM
+    if [ -n "$FG_PID" ]; then kill -TERM -- "-$FG_PID" 2> /dev/null || true; fi
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do  # last started first: devices ... SuperLink
         kill -TERM "${PIDS[i]}" 2> /dev/null || true
     done
@@ -56,7 +58,13 @@ as() {
     local who=$1
     shift
     printf '%s$ %s\n' "$who" "$*"
-    (cd "$WORK/$who" && "$@")
+    # In the background and waited for, so a signal to this script runs the trap at once.
+    (cd "$WORK/$who" && exec "$@") &
+    FG_PID=$!
+    local rc=0
+    wait "$FG_PID" || rc=$?
+    FG_PID=
+    return "$rc"
 }
 # bg PERSONA LOG CMD...: the same, in the background, output in PERSONA/LOG.
 bg() {

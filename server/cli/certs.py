@@ -36,6 +36,8 @@ def certs(
     from server.federation.deployment_engine import superlink_command
 
     out.print(f"start the SuperLink with: {shlex.join(superlink_command(paths))}", markup=False)
+    enrolled = shlex.join(superlink_command(paths, supernode_auth=True))
+    out.print(f"with enrollment (fedge enroll, fedge kit holder): {enrolled}", markup=False)
 
 
 def register(app: typer.Typer) -> None:
