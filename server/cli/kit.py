@@ -56,6 +56,7 @@ def holder(
         expires_at=format_time(issued.expires_at),
         policy=policy,
         coordinator=coordinator,
+        ca=ca,
         force=force,
     )
     out.print(f"holder kit for {kit.name} in {kit.folder} (token valid until {kit.expires_at})")

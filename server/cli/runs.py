@@ -143,10 +143,10 @@ def list_runs(
         return
     from server.federation.deployment_engine import list_runs as flwr_ls
 
+    bodies = _progress(workdir or [])  # a wrong --workdir is refused before anything else
     try:
         with _flwr_home(superlink, ca) as home:
             while True:
-                bodies = _progress(workdir or [])
                 runs = flwr_ls(flwr_home=home)
                 items = [_item(run, bodies.get(run.run_id)) for run in runs]
                 doc = document("RunList", items, superlink=superlink)
@@ -161,6 +161,7 @@ def list_runs(
                 if not watch:
                     return
                 time.sleep(interval)
+                bodies = _progress(workdir or [])
     except KeyboardInterrupt:
         if not watch:
             raise

@@ -5,7 +5,8 @@ operator but one folder, handed over out of band, the way NVFlare provisions sta
 Greengrass provisions devices. Nothing in a kit has to be edited; the operator never copies a
 file by hand.
 
-A holder kit: ``token`` (one-time, expiring, pins the federation's CA; 0600), ``federation.yaml``
+A holder kit: ``token`` (one-time, expiring, pins the federation's CA; 0600), ``ca.crt`` (that CA,
+for checking by eye or for ``fedge-client start --ca``), ``federation.yaml``
 (the holder's own copy of the policy, which it checks every round against the coordinator's),
 ``start.sh`` (enroll on first run, then ``fedge-client start``), ``README.txt``.
 
@@ -67,6 +68,7 @@ def holder_kit(
     expires_at: str,
     policy: Path,
     coordinator: str,
+    ca: Path | None = None,
     force: bool = False,
 ) -> HolderKit:
     """Write a holder's kit around a token already issued for ``name`` (see the module doc)."""
@@ -75,6 +77,8 @@ def holder_kit(
     folder = _fresh(out, force=force)
     atomic_write_text(folder / "token", token + "\n", mode=0o600)
     shutil.copyfile(policy, folder / "federation.yaml")
+    if ca is not None:
+        shutil.copyfile(ca, folder / "ca.crt")
     enroll_args = ["enroll", "--coordinator", coordinator, "--state-dir", HOLDER_STATE]
     enroll = shlex.join(["fedge-client", *enroll_args, "--name", name])
     start = shlex.join(

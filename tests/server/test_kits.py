@@ -156,6 +156,7 @@ def test_fedge_kit_holder_issues_a_token_the_registry_knows(tmp_path: Path) -> N
                  "--workdir", str(workdir), "--out", str(tmp_path / "kit"), "--expires", "2h")  # fmt: skip
     assert made.returncode == 0, made.stderr
     token = (tmp_path / "kit" / "token").read_text().strip()
+    assert (tmp_path / "kit" / "ca.crt").read_bytes() == certs.ca_cert.read_bytes()
     assert token not in made.stdout  # the token is in the kit, never on the terminal
     parse_token(token)
     (holder,) = Registry.in_workdir(workdir).holders()
