@@ -5,7 +5,7 @@
 # holder makes its own data, the operator its own held-out set.
 #
 #   scripts/tour.sh WORK      (WORK: a new or empty folder; needs fedge, fedge-client,
-#                              fedge-agent, flower-superlink and mosquitto on PATH, and curl)
+#                              fedge-agent, flower-superlink and mosquitto on PATH, and python3)
 #
 # Steps: certs + SuperLink with SuperNode auth + enrollment endpoint + signing key; holder kits;
 # holders enroll and join (start.sh); 1 training round; export, sign, place in two local folders;
@@ -20,7 +20,7 @@ if [ -n "$(ls -A "$WORK")" ]; then
     echo "tour: $WORK is not empty; give a new or empty folder" >&2
     exit 2
 fi
-for tool in fedge fedge-client fedge-agent flower-superlink mosquitto curl; do
+for tool in fedge fedge-client fedge-agent flower-superlink mosquitto python3; do
     command -v "$tool" > /dev/null || { echo "tour: $tool is not on PATH" >&2; exit 2; }
 done
 
@@ -253,9 +253,11 @@ SENTENCE='The nurse was kind and the visit was excellent.'
 for n in 1 2; do
     url="http://127.0.0.1:${HTTP_PORTS[n - 1]}/v1/classify"
     body="{\"text\": \"$SENTENCE\"}"
-    printf "device-%s$ curl -sS -X POST -H 'Content-Type: application/json' -d '%s' %s\n" \
-        "$n" "$body" "$url"
-    answer=$(curl -sS --fail-with-body -X POST -H 'Content-Type: application/json' -d "$body" "$url")
+    printf "device-%s$ POST %s %s\n" "$n" "$url" "$body"
+    # what `curl -X POST -H 'Content-Type: application/json' -d BODY URL` does, without curl
+    answer=$(python3 -c 'import sys, urllib.request as u
+r = u.Request(sys.argv[1], data=sys.argv[2].encode(), headers={"Content-Type": "application/json"})
+print(u.urlopen(r, timeout=30).read().decode())' "$url" "$body")
     echo "$answer"
     case "$answer" in
         *"\"version\": \"$VERSION\""*) echo "device-$n classified it with version $VERSION" ;;
