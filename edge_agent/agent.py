@@ -39,6 +39,7 @@ import time
 from collections.abc import Sequence
 
 from edge_agent.config import AgentSettings
+from edge_agent.download import DownloadLimits
 from edge_agent.folder_input import FolderInput
 from edge_agent.http_input import HttpInput
 from edge_agent.install import Installer
@@ -92,7 +93,7 @@ class Agent:
         *,
         inference_threads: int | None = None,
         reconnect_delay: tuple[int, int] = (1, 10),
-        download_timeout: float = 30.0,
+        download_limits: DownloadLimits | None = None,
         retry_delays: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
         folder_interval: float = 0.5,
         client_id: str | None = None,
@@ -105,7 +106,7 @@ class Agent:
             self.state,
             settings.trusted_keys,
             inference_threads=inference_threads,
-            download_timeout=download_timeout,
+            limits=download_limits,
             retry_delays=retry_delays,
         )
         self._lock = threading.Lock()

@@ -1,14 +1,22 @@
 """Fetching an artifact from presigned replica URLs, resuming broken downloads with HTTP Range.
 
 The device holds no cloud credentials: it gets plain http(s) URLs (``file://`` for the demo's
-local stores) and nothing else. The manifest comes first and must have the exact digest the
-``desired`` document names, so a replica serving other bytes is skipped before a model file is
-fetched. Each file is then downloaded into ``<name>.part`` beside its final place; a broken
-connection keeps the bytes already received and the next attempt (or the next agent process, after
-a crash) asks for the rest with ``Range: bytes=<n>-``. A finished file is checked against the
-manifest's size and SHA-256 before it is renamed to its final name; a file that fails is deleted
-and fetched from the next replica. The authoritative check (signature, every hash, no stray
-files) is still :func:`fedge.artifact.verify_artifact`, run by the caller on the whole folder.
+local stores) and nothing else. The manifest and its signature come first (each with a small cap):
+the manifest must have the exact digest the ``desired`` document names and a signature by a
+trusted key, so nothing a replica, a ``desired`` document or a compromised device account says
+about sizes and files is believed before the signer said it. Only then are the payload files
+fetched, each capped at its signed size. Each file is downloaded into ``<name>.part`` beside its
+final place; a broken connection keeps the bytes already received and the next attempt (or the
+next agent process, after a crash) asks for the rest with ``Range: bytes=<n>-``. A finished file
+is checked against the manifest's size and SHA-256 before it is renamed to its final name; a file
+that fails is deleted and fetched from the next replica. The authoritative check (signature,
+every hash, no stray files) is still :func:`fedge.artifact.verify_artifact`, run by the caller
+on the whole folder.
+
+Time is bounded as well as bytes: a replica gets ``replica_deadline`` seconds to deliver its
+part before the next replica is tried (a replica that sends a byte every two seconds never trips
+a socket timeout), and the whole deployment gets ``deployment_deadline``. A newer deployment
+cancels the download between two reads.
 
 URLs are logged without their query string: a presigned URL's signature is a bearer credential
 until it expires.
@@ -17,9 +25,12 @@ until it expires.
 from __future__ import annotations
 
 import http.client
+import io
 import os
 import re
+import shutil
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -29,16 +40,27 @@ from pathlib import Path
 from typing import IO
 
 from edge_agent.protocol import DesiredState, Replica, sha256_hex
-from fedge.artifact import hash_file
+from fedge.artifact import hash_file, verify_manifest
 from fedge.atomic import atomic_write_bytes
+from fedge.bounded import InputError, read_capped
 from fedge.errors import ArtifactError, EdgeError, FedgeError
 from fedge.logs import get_logger
-from fedge.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest
+from fedge.manifest import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE_NAME,
+    FileEntry,
+    Manifest,
+)
+from fedge.signing import PublicKey
 
 __all__ = [
     "Cancelled",
     "DownloadError",
+    "DownloadLimits",
     "Downloader",
+    "ReplicaTooSlowError",
     "fetch_bytes",
     "fetch_file",
     "redact_url",
@@ -47,7 +69,7 @@ __all__ = [
 log = get_logger(__name__)
 
 _CHUNK = 64 * 1024
-_SMALL_LIMIT = 4 << 20  # manifest.json and manifest.sig
+_SMALL_LIMIT = MAX_MANIFEST_BYTES
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -57,6 +79,28 @@ class DownloadError(EdgeError):
     def __init__(self, message: str, *, transient: bool) -> None:
         self.transient = transient
         super().__init__(message)
+
+
+class ReplicaTooSlowError(DownloadError):
+    """A replica did not deliver within its deadline: move on to the next replica."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=True)
+
+
+@dataclass(frozen=True)
+class DownloadLimits:
+    """How long and how much one deployment may take; every figure has a finite default.
+
+    ``timeout`` bounds one socket read, ``replica_deadline`` one replica's delivery of the
+    manifest or of one file, ``deployment_deadline`` the whole download with its retries, and
+    ``max_artifact_bytes`` what the signed manifest may list in all.
+    """
+
+    timeout: float = 30.0
+    replica_deadline: float = 600.0
+    deployment_deadline: float = 3600.0
+    max_artifact_bytes: int = 4 << 30
 
 
 class Cancelled(EdgeError):  # noqa: N818 - a state, not a fault
@@ -82,28 +126,40 @@ def _file_path(url: str) -> Path:
     return Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
 
 
-def fetch_bytes(url: str, *, timeout: float, limit: int = _SMALL_LIMIT) -> bytes:
-    """A small object in one piece (the manifest and its signature)."""
+def fetch_bytes(
+    url: str,
+    *,
+    timeout: float,
+    limit: int = _SMALL_LIMIT,
+    until: float | None = None,
+    cancel: threading.Event | None = None,
+) -> bytes:
+    """A small object in one piece (the manifest and its signature), capped in bytes and time."""
     where = redact_url(url)
     if url.startswith("file://"):
         try:
-            with _file_path(url).open("rb") as handle:
-                data = handle.read(limit + 1)
-        except OSError as exc:
-            raise DownloadError(f"{where}: {exc.strerror}", transient=False) from exc
-    else:
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) checked by the protocol
-                data = response.read(limit + 1)
-        except urllib.error.HTTPError as exc:
-            raise DownloadError(
-                f"{where}: HTTP {exc.code}", transient=_is_transient_status(exc.code)
-            ) from exc
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-            raise DownloadError(f"{where}: {_reason(exc)}", transient=True) from exc
-    if len(data) > limit:
-        raise DownloadError(f"{where}: larger than {limit} bytes", transient=False)
-    return data
+            data = read_capped(_file_path(url), limit=limit, what="a manifest or signature")
+        except InputError as exc:
+            raise DownloadError(f"{where}: {exc.reason}", transient=False) from exc
+        return data
+    sink = io.BytesIO()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) checked by the protocol
+            declared = response.headers.get("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                raise DownloadError(f"{where}: larger than {limit} bytes", transient=False)
+            _copy(response, sink, cancel=cancel, on_bytes=None, limit=limit, until=until)
+    except urllib.error.HTTPError as exc:
+        raise DownloadError(
+            f"{where}: HTTP {exc.code}", transient=_is_transient_status(exc.code)
+        ) from exc
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        raise DownloadError(f"{where}: {_reason(exc)}", transient=True) from exc
+    except DownloadError as exc:
+        if exc.transient:
+            raise
+        raise DownloadError(f"{where}: larger than {limit} bytes", transient=False) from exc
+    return sink.getvalue()
 
 
 def _reason(exc: BaseException) -> str:
@@ -119,18 +175,25 @@ def _copy(
     cancel: threading.Event | None,
     on_bytes: Callable[[int], None] | None,
     limit: int,
+    until: float | None = None,
 ) -> int:
     written = 0
-    # read1 returns what has arrived (one socket read), so progress and cancellation stay prompt.
+    # read1 returns what has arrived (one socket read), so progress, cancellation and the
+    # deadline are checked between reads however slowly the bytes come.
     read: Callable[[int], bytes] = getattr(source, "read1", source.read)
-    while chunk := read(_CHUNK):
+    while chunk := read(min(_CHUNK, limit - written + 1)):
         _check_cancel(cancel)
+        if len(chunk) > limit - written:
+            raise DownloadError("more bytes than the manifest lists", transient=False)
         sink.write(chunk)
         written += len(chunk)
-        if written > limit:
-            raise DownloadError("more bytes than the manifest lists", transient=False)
         if on_bytes is not None:
             on_bytes(len(chunk))
+        if until is not None and time.monotonic() > until:
+            sink.flush()
+            raise ReplicaTooSlowError(
+                f"still {limit - written} bytes short when the deadline passed"
+            )
     sink.flush()
     return written
 
@@ -143,6 +206,7 @@ def fetch_file(
     timeout: float,
     cancel: threading.Event | None = None,
     on_bytes: Callable[[int], None] | None = None,
+    until: float | None = None,
 ) -> None:
     """Bring ``part`` up to ``size`` bytes from ``url``, keeping and extending what it holds.
 
@@ -161,7 +225,9 @@ def fetch_file(
         try:
             with _file_path(url).open("rb") as source, part.open("ab") as sink:
                 source.seek(have)
-                _copy(source, sink, cancel=cancel, on_bytes=on_bytes, limit=size - have)
+                _copy(
+                    source, sink, cancel=cancel, on_bytes=on_bytes, limit=size - have, until=until
+                )
         except OSError as exc:
             raise DownloadError(f"{where}: {exc.strerror}", transient=False) from exc
         return
@@ -181,7 +247,14 @@ def fetch_file(
                 have = 0  # the server ignored Range: the body is the whole file
                 mode = "wb"
             with part.open(mode) as sink:
-                _copy(response, sink, cancel=cancel, on_bytes=on_bytes, limit=size - have)
+                _copy(
+                    response,
+                    sink,
+                    cancel=cancel,
+                    on_bytes=on_bytes,
+                    limit=size - have,
+                    until=until,
+                )
     except urllib.error.HTTPError as exc:
         if exc.code == 416:  # our partial file is not a prefix of theirs
             part.unlink(missing_ok=True)
@@ -228,14 +301,21 @@ class Downloader:
 
     def __init__(
         self,
+        trusted: Sequence[PublicKey],
         *,
-        timeout: float = 30.0,
+        limits: DownloadLimits | None = None,
+        deadline: float | None = None,
         attempts_per_replica: int = 3,
         retry_pause: float = 0.5,
         cancel: threading.Event | None = None,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
-        self.timeout = timeout
+        self.trusted = tuple(trusted)
+        self.limits = limits or DownloadLimits()
+        # One clock for the whole deployment, across the installer's retries.
+        self.deadline = (
+            deadline if deadline is not None else time.monotonic() + self.limits.deployment_deadline
+        )
         self.attempts = attempts_per_replica
         self.retry_pause = retry_pause
         self.cancel = cancel
@@ -243,38 +323,81 @@ class Downloader:
         self._done = 0
         self._total = 0
 
+    @property
+    def timeout(self) -> float:
+        return self.limits.timeout
+
     def _progress(self, count: int) -> None:
         self._done += count
         if self.on_progress is not None:
             self.on_progress(self._done, self._total)
 
+    def _until(self) -> float:
+        """When the replica being asked now must have delivered; past the deployment's, give up."""
+        now = time.monotonic()
+        if now >= self.deadline:
+            raise DownloadError(
+                f"the deployment deadline of {self.limits.deployment_deadline:.0f} s passed",
+                transient=False,
+            )
+        return min(self.deadline, now + self.limits.replica_deadline)
+
+    def _socket_timeout(self) -> float:
+        return max(0.1, min(self.limits.timeout, self.deadline - time.monotonic()))
+
     def manifest(self, desired: DesiredState) -> tuple[Manifest, bytes, bytes, int]:
-        """The manifest whose bytes hash to ``desired.manifest_sha256``, its signature, replica."""
+        """The signed manifest whose bytes hash to ``desired.manifest_sha256``, and its replica.
+
+        The signature is checked here, over the manifest's bytes, before a payload byte is asked
+        for: sizes and file names are believed only once a trusted key has signed them.
+        """
         outcome = _Outcome()
         for index, replica in enumerate(desired.replicas):
             _check_cancel(self.cancel)
+            until = self._until()
             try:
-                body = fetch_bytes(replica.manifest, timeout=self.timeout)
+                body = fetch_bytes(
+                    replica.manifest,
+                    timeout=self._socket_timeout(),
+                    limit=MAX_MANIFEST_BYTES,
+                    until=until,
+                    cancel=self.cancel,
+                )
                 if sha256_hex(body) != desired.manifest_sha256:
                     raise ArtifactError(
                         f"sha256 {sha256_hex(body)[:12]}… differs from the deployment's "
                         f"{desired.manifest_sha256[:12]}… (replica {_name(replica, index)})",
                         file=MANIFEST_NAME,
                     )
-                manifest = Manifest.from_bytes(body)
+                signature = fetch_bytes(
+                    replica.signature,
+                    timeout=self._socket_timeout(),
+                    limit=MAX_SIGNATURE_BYTES,
+                    until=until,
+                    cancel=self.cancel,
+                )
+                manifest = verify_manifest(body, signature, self.trusted)
                 if (manifest.name, manifest.version) != (desired.artifact, desired.version):
                     raise ArtifactError(
                         f"is {manifest.name} {manifest.version}, the deployment names "
                         f"{desired.artifact} {desired.version}",
                         file=MANIFEST_NAME,
                     )
-                signature = fetch_bytes(replica.signature, timeout=self.timeout)
+                self._check_size(manifest)
             except (DownloadError, ArtifactError) as exc:
                 log.warning("replica %s: %s", _name(replica, index), exc)
                 outcome.add(exc)
                 continue
             return manifest, body, signature, index
         raise outcome.fail("no replica served the manifest")
+
+    def _check_size(self, manifest: Manifest) -> None:
+        limit = self.limits.max_artifact_bytes
+        if manifest.total_size > limit:
+            raise ArtifactError(
+                f"lists {manifest.total_size} bytes, over this device's limit of {limit}",
+                file=MANIFEST_NAME,
+            )
 
     def download(self, desired: DesiredState, staging: Path) -> Manifest:
         """Fill ``staging`` with the manifest, signature and every listed file; return the manifest.
@@ -300,6 +423,7 @@ class Downloader:
             if part.exists():
                 self._progress(min(part.stat().st_size, entry.size))
             pending.append(entry)
+        _check_space(staging, self._total - self._done)
         for entry in pending:
             first = self._file(desired.replicas, order, entry, staging)
             order = [first] + [i for i in order if i != first]
@@ -317,6 +441,7 @@ class Downloader:
             if url is None:
                 outcome.errors.append(f"replica {_name(replicas[index], index)} lacks {entry.path}")
                 continue
+            until = self._until()
             for attempt in range(1, self.attempts + 1):
                 _check_cancel(self.cancel)
                 try:
@@ -324,14 +449,23 @@ class Downloader:
                         url,
                         part,
                         size=entry.size,
-                        timeout=self.timeout,
+                        timeout=self._socket_timeout(),
                         cancel=self.cancel,
                         on_bytes=self._progress,
+                        until=until,
                     )
+                except ReplicaTooSlowError as exc:
+                    slow = ReplicaTooSlowError(
+                        f"replica {_name(replicas[index], index)} too slow for {entry.path}: "
+                        f"{exc}; trying the next replica"
+                    )
+                    log.warning("%s", slow)
+                    outcome.add(slow)
+                    break
                 except DownloadError as exc:
                     log.warning("%s (attempt %d of %d)", exc, attempt, self.attempts)
                     outcome.add(exc)
-                    if not exc.transient:
+                    if not exc.transient or time.monotonic() >= until:
                         break
                     if self.cancel is not None and self.cancel.wait(self.retry_pause * attempt):
                         raise Cancelled("download cancelled") from exc
@@ -351,6 +485,18 @@ class Downloader:
                 os.replace(part, final)
                 return index
         raise outcome.fail(f"no replica delivered {entry.path}")
+
+
+def _check_space(staging: Path, needed: int) -> None:
+    """Refuse up front what the disk cannot hold, instead of filling it and failing late."""
+    try:
+        free = shutil.disk_usage(staging).free
+    except OSError:
+        return
+    if needed > free:
+        raise DownloadError(
+            f"the artifact needs {needed} more bytes, the disk has {free} free", transient=True
+        )
 
 
 def _part_path(final: Path) -> Path:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.download import Cancelled, Downloader, DownloadError
+from edge_agent.download import Cancelled, Downloader, DownloadError, DownloadLimits
 from edge_agent.inference import InferenceEngine
 from edge_agent.protocol import ArtifactRef, DesiredState, Phase, Progress
 from edge_agent.store import InstalledModel, StateDir
@@ -55,14 +55,18 @@ class Installer:
         trusted: Sequence[PublicKey],
         *,
         inference_threads: int | None = None,
-        download_timeout: float = 30.0,
+        limits: DownloadLimits | None = None,
         retry_delays: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
     ) -> None:
         self.state = state
         self.trusted = tuple(trusted)
         self.inference_threads = inference_threads
-        self.download_timeout = download_timeout
+        self.limits = limits or DownloadLimits()
         self.retry_delays = tuple(retry_delays)
+
+    def discard(self, desired: DesiredState) -> None:
+        """Delete what a deployment downloaded (it failed for good, or a newer one replaced it)."""
+        self.state.remove(self.state.staging(desired.manifest_sha256))
 
     def load(self, folder: Path, *, verify: bool = True) -> InferenceEngine:
         """Verify an installed folder (again), load it and run the health check."""
@@ -118,7 +122,9 @@ class Installer:
                 Phase.DOWNLOADING, None, Progress(bytes_done=min(done, total), bytes_total=total)
             )
 
-        downloader = Downloader(timeout=self.download_timeout, cancel=cancel, on_progress=progress)
+        downloader = Downloader(
+            self.trusted, limits=self.limits, cancel=cancel, on_progress=progress
+        )
         on_phase(Phase.DOWNLOADING, None, None)
         delays = list(self.retry_delays)
         while True:

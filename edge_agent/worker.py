@@ -288,6 +288,18 @@ class DeploymentWorker:
             active = self._active
             self._rejected = None
         if active is not None and active.current.ref.manifest_sha256 == desired.manifest_sha256:
+            if active.current.ref != ref_of(desired):
+                # The hash names the installed manifest, whose name and version differ: the
+                # document contradicts the signed manifest, so it cannot have succeeded.
+                installed = active.current.ref
+                self._record_phase(
+                    desired,
+                    Phase.FAILED,
+                    error=f"manifest {desired.manifest_sha256[:12]}… is {installed.name} "
+                    f"{installed.version}, the deployment names {desired.artifact} "
+                    f"{desired.version}",
+                )
+                return
             self._adopt(desired, active)
             return
         log.info("deployment %s: %s %s", desired.deployment_id, desired.artifact, desired.version)
@@ -297,14 +309,31 @@ class DeploymentWorker:
             self._switch(desired, prepared)
 
     def _finished_before(self, desired: DesiredState) -> bool:
-        """A deployment that already ended is reported again, not redone (retryable excepted)."""
+        """A deployment that already ended is reported again, not redone (retryable excepted).
+
+        A SUCCEEDED record counts only while the device really serves that version: after a lost
+        or damaged active record the retained ``desired`` is carried out again, so the store and
+        what is served, not the record, decide.
+        """
         record = self._record
+        with self._lock:
+            active, serving = self._active, self._serving
         if (
             record is None
             or record.desired != desired
             or not record.phase.is_terminal
             or (record.phase is Phase.FAILED and record.retryable)
         ):
+            return False
+        if record.phase is Phase.SUCCEEDED and (
+            serving is None or active is None or active.current.ref != ref_of(desired)
+        ):
+            log.info(
+                "deployment %s ended SUCCEEDED but %s %s is not served: carrying it out again",
+                desired.deployment_id,
+                desired.artifact,
+                desired.version,
+            )
             return False
         log.info("deployment %s already ended %s", desired.deployment_id, record.phase.value)
         with self._lock:
@@ -328,6 +357,7 @@ class DeploymentWorker:
             return self.installer.prepare(desired, on_phase=on_phase, cancel=cancel)
         except Cancelled:
             log.info("deployment %s cancelled", desired.deployment_id)
+            self._discard(desired)
             return None
         except DownloadError as exc:
             error, retryable = str(exc), exc.transient
@@ -335,10 +365,19 @@ class DeploymentWorker:
             error, retryable = str(exc), False
         except OSError as exc:  # the state directory: full disk, permissions
             error, retryable = f"{exc.filename or 'state directory'}: {exc.strerror or exc}", True
+        if not retryable or cancel.is_set():
+            self._discard(desired)  # only a deployment that will be retried keeps its bytes
         if not cancel.is_set():
             log.warning("deployment %s failed: %s", desired.deployment_id, error)
             self._record_phase(desired, Phase.FAILED, error=error, retryable=retryable)
         return None
+
+    def _discard(self, desired: DesiredState) -> None:
+        """Delete a download that ended, unless the deployment queued next wants the same bytes."""
+        with self._cond:
+            pending = self._pending
+        if pending is None or pending.manifest_sha256 != desired.manifest_sha256:
+            self.installer.discard(desired)
 
     def _adopt(self, desired: DesiredState, active: ActiveRecord) -> None:
         """The desired version is the one served: take the new deployment id, nothing to fetch."""

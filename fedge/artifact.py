@@ -16,11 +16,28 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from fedge.atomic import atomic_write_bytes
+from fedge.bounded import InputError, load_json, read_capped
 from fedge.errors import ArtifactError, SignatureError
-from fedge.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest, Provenance
+from fedge.manifest import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE_NAME,
+    FileEntry,
+    Manifest,
+    Provenance,
+)
 from fedge.signing import KeyPair, PublicKey
 
-__all__ = ["SIGNATURE_SCHEMA", "hash_file", "scan_files", "sign_artifact", "verify_artifact"]
+__all__ = [
+    "SIGNATURE_SCHEMA",
+    "check_signature",
+    "hash_file",
+    "scan_files",
+    "sign_artifact",
+    "verify_artifact",
+    "verify_manifest",
+]
 
 SIGNATURE_SCHEMA = "fedge.signature/v1"
 _CHUNK = 1 << 20
@@ -102,24 +119,33 @@ def sign_artifact(
     return manifest
 
 
-def _read(path: Path, *, error: type[ArtifactError], what: str) -> bytes:
+def _read(path: Path, *, error: type[ArtifactError], what: str, limit: int) -> bytes:
     try:
-        return path.read_bytes()
-    except FileNotFoundError as exc:
-        raise error(f"{what} is missing", file=path.name) from exc
-    except OSError as exc:
-        raise error(f"cannot read {what} ({exc.strerror})", file=path.name) from exc
+        return read_capped(path, limit=limit, what=what)
+    except InputError as exc:
+        if exc.reason == "does not exist":
+            raise error(f"{what} is missing", file=path.name) from exc
+        raise error(f"{what} {exc.reason}", file=path.name) from exc
 
 
-def _check_signature(folder: Path, body: bytes, trusted: Sequence[PublicKey]) -> None:
-    raw = _read(folder / SIGNATURE_NAME, error=SignatureError, what="the signature")
+def check_signature(body: bytes, raw_signature: bytes, trusted: Sequence[PublicKey]) -> None:
+    """Check ``manifest.sig`` over the raw manifest bytes, before anything trusts the manifest.
+
+    Public so that a device can verify a downloaded manifest before it fetches one payload byte.
+    """
     try:
-        sig_doc = json.loads(raw.decode("utf-8"))
+        sig_doc = load_json(raw_signature, source=SIGNATURE_NAME, max_depth=2)
+        if not isinstance(sig_doc, dict):
+            raise TypeError("not a JSON object")
         key_id = str(sig_doc["keyId"])
         signature = base64.b64decode(sig_doc["signature"], validate=True)
         if sig_doc.get("alg") != "ed25519":
             raise ValueError(f"algorithm {sig_doc.get('alg')!r} is not ed25519")
-    except (UnicodeDecodeError, ValueError, TypeError, KeyError, binascii.Error) as exc:
+    except InputError as exc:
+        raise SignatureError(
+            f"malformed signature file ({exc.reason})", file=SIGNATURE_NAME
+        ) from exc
+    except (ValueError, TypeError, KeyError, binascii.Error) as exc:
         raise SignatureError(f"malformed signature file ({exc})", file=SIGNATURE_NAME) from exc
     if not trusted:
         raise SignatureError("no trusted keys were given to verify against", file=SIGNATURE_NAME)
@@ -133,6 +159,12 @@ def _check_signature(folder: Path, body: bytes, trusted: Sequence[PublicKey]) ->
     matching[0].verify(signature, body, what=MANIFEST_NAME)
 
 
+def verify_manifest(body: bytes, raw_signature: bytes, trusted: Sequence[PublicKey]) -> Manifest:
+    """The manifest, once its signature has been checked over exactly these bytes."""
+    check_signature(body, raw_signature, trusted)
+    return Manifest.from_bytes(body)
+
+
 def verify_artifact(directory: str | os.PathLike[str], trusted: Sequence[PublicKey]) -> Manifest:
     """Check signature, then every file's size and hash; raise on the first mismatch.
 
@@ -142,15 +174,25 @@ def verify_artifact(directory: str | os.PathLike[str], trusted: Sequence[PublicK
     folder = Path(directory)
     if not folder.is_dir():
         raise ArtifactError("artifact folder does not exist", file=str(folder))
-    body = _read(folder / MANIFEST_NAME, error=ArtifactError, what="the manifest")
-    _check_signature(folder, body, trusted)
-    manifest = Manifest.from_bytes(body)
+    body = _read(
+        folder / MANIFEST_NAME, error=ArtifactError, what="the manifest", limit=MAX_MANIFEST_BYTES
+    )
+    raw = _read(
+        folder / SIGNATURE_NAME,
+        error=SignatureError,
+        what="the signature",
+        limit=MAX_SIGNATURE_BYTES,
+    )
+    manifest = verify_manifest(body, raw, trusted)
     listed = {entry.path for entry in manifest.files}
     for entry in manifest.files:
         path = folder / entry.path
         if path.is_symlink() or not path.is_file():
             raise ArtifactError("listed in the manifest but missing", file=entry.path)
-        digest, size = hash_file(path)
+        # The size first: a listed file far bigger than signed is refused without hashing it.
+        size = path.stat().st_size
+        if size == entry.size:
+            digest, size = hash_file(path)
         if size != entry.size:
             raise ArtifactError(
                 f"size is {size} bytes, manifest says {entry.size}", file=entry.path

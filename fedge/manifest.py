@@ -17,11 +17,14 @@ from itertools import pairwise
 from pathlib import PurePosixPath
 from typing import Any
 
+from fedge.bounded import InputError, load_json
 from fedge.errors import ArtifactError
 
 __all__ = [
     "MANIFEST_NAME",
     "MANIFEST_SCHEMA",
+    "MAX_MANIFEST_BYTES",
+    "MAX_SIGNATURE_BYTES",
     "SIGNATURE_NAME",
     "FileEntry",
     "Manifest",
@@ -32,6 +35,10 @@ __all__ = [
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 MANIFEST_SCHEMA = "fedge.artifact/v1"
+# A manifest lists files and a few labels: 4 MiB is thousands of entries. Every reader (the
+# agent's download, verification, placement) applies this cap before parsing.
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_SIGNATURE_BYTES = 64 << 10
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -197,7 +204,7 @@ class Manifest:
     def from_bytes(cls, data: bytes) -> Manifest:
         """Parse ``manifest.json``; anything malformed raises :class:`ArtifactError`."""
         try:
-            doc = json.loads(data.decode("utf-8"))
+            doc = load_json(data, source=MANIFEST_NAME, limit=MAX_MANIFEST_BYTES, max_depth=8)
             if not isinstance(doc, dict):
                 raise TypeError("the manifest is not a JSON object")
             if doc.get("schema") != MANIFEST_SCHEMA:
@@ -217,6 +224,8 @@ class Manifest:
             )
         except ArtifactError:
             raise
+        except InputError as exc:
+            raise ArtifactError(f"malformed manifest ({exc.reason})", file=MANIFEST_NAME) from exc
         except (UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
             raise ArtifactError(f"malformed manifest ({exc})", file=MANIFEST_NAME) from exc
         if doc.get("contentDigest") not in (None, manifest.content_digest):

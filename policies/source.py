@@ -16,7 +16,6 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -27,6 +26,7 @@ from yaml.reader import Reader
 from yaml.resolver import BaseResolver
 from yaml.scanner import Scanner
 
+from fedge.bounded import InputError, read_capped
 from fedge.errors import Problem
 
 __all__ = [
@@ -41,6 +41,8 @@ __all__ = [
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_NODES = 200_000
+# Far above any count, size or seed a policy holds, far below Python's int-parsing limit.
+_MAX_INT_DIGITS = 40
 
 Path_ = tuple[str | int, ...]
 
@@ -122,6 +124,12 @@ def _scalar(node: ScalarNode) -> Any:  # noqa: PLR0911 - one return per YAML cor
     if tag == "tag:yaml.org,2002:bool":
         return text.lower() == "true"
     if tag == "tag:yaml.org,2002:int":
+        if len(text.lstrip("+-")) > _MAX_INT_DIGITS:
+            raise _UnsupportedError(
+                f"the integer has {len(text)} digits; numbers in policy documents have at most "
+                f"{_MAX_INT_DIGITS}",
+                node,
+            )
         lowered = text.lower()
         if lowered.startswith(("0x", "0o")):
             return int(lowered, 0)
@@ -252,29 +260,25 @@ def _file_problem(name: str, message: str, hint: str = "") -> SourceFile:
     return SourceFile(name=name, documents=[], problems=[Problem(name, 1, 1, "", message, hint)])
 
 
-def read_policy_file(path: str | os.PathLike[str]) -> SourceFile:  # noqa: PLR0911
-    """Read and parse a policy file, turning every way a file can be unusable into a problem."""
-    file = Path(path)
+_FILE_REASONS = {
+    "does not exist": "file does not exist",
+    "is a folder, not a file": "is a folder, not a policy file",
+}
+
+
+def read_policy_file(path: str | os.PathLike[str]) -> SourceFile:
+    """Read and parse a policy file, turning every way a file can be unusable into a problem.
+
+    The kernel's bounded reader refuses folders, devices and FIFOs before reading a byte, so
+    ``fedge validate`` and every command that loads a policy accept and refuse the same files.
+    """
     name = str(path)
     try:
-        size = file.stat().st_size
-        if file.is_dir():
-            return _file_problem(name, "is a folder, not a policy file")
-        if size > MAX_FILE_BYTES:
-            return _file_problem(
-                name,
-                f"file is {size / 1e6:.1f} MB, over the {MAX_FILE_BYTES // (1024 * 1024)} MiB "
-                "limit for a policy file",
-                "policy files are small text documents",
-            )
-        with file.open("rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        return _file_problem(name, "file does not exist")
-    except OSError as exc:
-        return _file_problem(name, f"cannot read the file ({exc.strerror})")
-    if len(data) > MAX_FILE_BYTES:  # grew while we looked, or a special file
-        return _file_problem(name, "file is over the size limit for a policy file")
+        data = read_capped(path, limit=MAX_FILE_BYTES, what="a policy file")
+    except InputError as exc:
+        if "limit" in exc.reason:
+            return _file_problem(name, exc.reason, "policy files are small text documents")
+        return _file_problem(name, _FILE_REASONS.get(exc.reason, exc.reason))
     if b"\x00" in data:
         return _file_problem(
             name, f"binary content (NUL byte at offset {data.index(0)})", "expected YAML text"

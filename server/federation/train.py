@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedge import messages as m
+from fedge.bounded import InputError, read_capped
 from fedge.errors import FederationError, UsageError
 from fedge.he_wire import PUBLIC_CONTEXT_FILE, SECRET_CONTEXT_FILE
 from policies import FederationPolicy
@@ -46,16 +47,19 @@ def load_plan(
     policy_path: Path, *, workdir: Path | None, run_id: str | None, rounds: int | None = None
 ) -> TrainPlan:
     """The run as the policy describes it; ``rounds`` overrides the policy's ``spec.rounds``."""
+    from policies import check_files, the_one
+    from policies.source import MAX_FILE_BYTES
     from server.federation.flower_app import settings_from_text
 
-    try:
-        text = policy_path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"--policy {policy_path}: cannot read ({exc.strerror})") from exc
-    from policies import check_files, the_one
-
-    # located problems, with the file's own name
+    # Validation reads the file first, through the same bounded reader as `fedge validate`: a
+    # file it refuses (a FIFO, /dev/zero, not UTF-8) never reaches the reads below.
     policy = the_one(check_files([policy_path]), FederationPolicy, source=f"--policy {policy_path}")
+    try:
+        text = read_capped(policy_path, limit=MAX_FILE_BYTES, what="a policy file").decode(
+            "utf-8-sig"
+        )
+    except (InputError, UnicodeDecodeError) as exc:  # changed since it was validated
+        raise UsageError(f"--policy {policy_path}: {exc}") from exc
     name = run_id or policy.metadata.name
     folder = (workdir or Path("fedge-runs") / name).resolve()
     if rounds is not None:

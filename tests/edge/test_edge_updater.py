@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from edge_agent.download import Cancelled, Downloader, DownloadError, fetch_file, redact_url
+from edge_agent.download import (
+    Cancelled,
+    Downloader,
+    DownloadError,
+    DownloadLimits,
+    fetch_file,
+    redact_url,
+)
 from edge_agent.inference import InferenceEngine
 from edge_agent.install import Installer, ref_of
 from edge_agent.protocol import DesiredState, Phase
@@ -105,7 +112,7 @@ def test_fetch_resumes_a_cut_download_with_a_range_request(
 
 
 def test_downloader_skips_a_replica_with_bad_bytes_and_uses_the_next(
-    files: FileServer, artifact: Path, tmp_path: Path
+    files: FileServer, artifact: Path, tmp_path: Path, key: KeyPair
 ) -> None:
     good = publish(artifact, files.root / "good", files.base_url + "/good", target="good")
     bad = publish(artifact, files.root / "bad", files.base_url + "/bad", target="bad")
@@ -120,9 +127,9 @@ def test_downloader_skips_a_replica_with_bad_bytes_and_uses_the_next(
     # The unreachable replica is skipped for the manifest; the bad one serves it, fails on the
     # model's hash, and the good one finishes.
     staging = tmp_path / "staging"
-    manifest = Downloader(timeout=5, retry_pause=0.01).download(
-        desired(artifact, [down, bad, good]), staging
-    )
+    manifest = Downloader(
+        [key.public], limits=DownloadLimits(timeout=5), retry_pause=0.01
+    ).download(desired(artifact, [down, bad, good]), staging)
     assert (staging / "model.onnx").read_bytes() == (artifact / "model.onnx").read_bytes()
     assert sorted(p.name for p in staging.iterdir()) == sorted(
         [e.path for e in manifest.files] + ["manifest.json", "manifest.sig"]
@@ -130,40 +137,48 @@ def test_downloader_skips_a_replica_with_bad_bytes_and_uses_the_next(
 
 
 def test_bad_bytes_on_every_replica_is_an_integrity_error(
-    files: FileServer, artifact: Path, tmp_path: Path
+    files: FileServer, artifact: Path, tmp_path: Path, key: KeyPair
 ) -> None:
     replica = publish(artifact, files.root, files.base_url)
     model = files.root / "tiny-cls" / "1.0.0" / "model.onnx"
     model.write_bytes(b"\x00" + model.read_bytes()[1:])
     with pytest.raises(ArtifactError, match=r"model.onnx: sha256 .* does not match"):
-        Downloader(timeout=5).download(desired(artifact, [replica]), tmp_path / "s")
+        Downloader([key.public], limits=DownloadLimits(timeout=5)).download(
+            desired(artifact, [replica]), tmp_path / "s"
+        )
     assert not (tmp_path / "s" / "model.onnx.part").exists()
 
 
 def test_a_manifest_other_than_the_deployment_names_is_refused_before_any_model_byte(
-    files: FileServer, artifact: Path, tmp_path: Path
+    files: FileServer, artifact: Path, tmp_path: Path, key: KeyPair
 ) -> None:
     replica = publish(artifact, files.root, files.base_url)
     doc = desired_doc(artifact, [replica], deployment_id="d1")
     doc["manifestSha256"] = "0" * 64
     with pytest.raises(ArtifactError, match="manifest.json: sha256 .* differs"):
-        Downloader(timeout=5).download(DesiredState.from_json(json.dumps(doc)), tmp_path / "s")
+        Downloader([key.public], limits=DownloadLimits(timeout=5)).download(
+            DesiredState.from_json(json.dumps(doc)), tmp_path / "s"
+        )
     assert files.requests_for("model.onnx") == []
 
 
-def test_unreachable_replicas_are_a_transient_failure(artifact: Path, tmp_path: Path) -> None:
+def test_unreachable_replicas_are_a_transient_failure(
+    artifact: Path, tmp_path: Path, key: KeyPair
+) -> None:
     replica = {
         "manifest": "http://127.0.0.1:9/m.json",
         "signature": "http://127.0.0.1:9/m.sig",
         "files": {"model.onnx": "http://127.0.0.1:9/model.onnx"},
     }
     with pytest.raises(DownloadError) as info:
-        Downloader(timeout=2).download(desired(artifact, [replica]), tmp_path / "s")
+        Downloader([key.public], limits=DownloadLimits(timeout=2)).download(
+            desired(artifact, [replica]), tmp_path / "s"
+        )
     assert info.value.transient
 
 
 def test_a_download_can_be_cancelled_midway_and_keeps_its_bytes(
-    files: FileServer, artifact: Path, tmp_path: Path
+    files: FileServer, artifact: Path, tmp_path: Path, key: KeyPair
 ) -> None:
     replica = publish(artifact, files.root, files.base_url)
     files.fault("tiny-cls/1.0.0/model.onnx", Fault(bytes_per_second=40_000))
@@ -176,18 +191,20 @@ def test_a_download_can_be_cancelled_midway_and_keeps_its_bytes(
             cancel.set()
 
     with pytest.raises(Cancelled):
-        Downloader(timeout=5, cancel=cancel, on_progress=progress).download(
-            desired(artifact, [replica]), tmp_path / "s"
-        )
+        Downloader(
+            [key.public], limits=DownloadLimits(timeout=5), cancel=cancel, on_progress=progress
+        ).download(desired(artifact, [replica]), tmp_path / "s")
     assert (tmp_path / "s" / "model.onnx.part").stat().st_size > 20_000
     assert seen == sorted(seen)
 
 
-def test_file_urls_serve_the_demo_local_stores(artifact: Path, tmp_path: Path) -> None:
+def test_file_urls_serve_the_demo_local_stores(
+    artifact: Path, tmp_path: Path, key: KeyPair
+) -> None:
     from tests.support.edge_artifacts import publish as publish_to
 
     replica = publish_to(artifact, tmp_path / "store", (tmp_path / "store").as_uri())
-    manifest = Downloader().download(desired(artifact, [replica]), tmp_path / "s")
+    manifest = Downloader([key.public]).download(desired(artifact, [replica]), tmp_path / "s")
     assert (tmp_path / "s" / "model.onnx").stat().st_size == next(
         e.size for e in manifest.files if e.path == "model.onnx"
     )

@@ -30,9 +30,11 @@ _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 @dataclass
 class Fault:
-    """What to do to one path: throttle (bytes/s), cut after N bytes (``times`` times), status."""
+    """What to do to one path: throttle (bytes/s, in writes of ``step`` bytes), cut after N bytes
+    (``times`` times), or answer a status."""
 
     bytes_per_second: float | None = None
+    step: int = 4096  # bytes per write when throttled: 1 makes a drip
     cut_after: int | None = None
     times: int = 1
     status: int | None = None
@@ -123,7 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         rate = None if fault is None else fault.bytes_per_second
-        step = 4096
+        step = 4096 if fault is None else fault.step
         try:
             for offset in range(0, len(body), step):
                 self.wfile.write(body[offset : offset + step])
