@@ -40,11 +40,17 @@ def verify(
     artifact: Annotated[Path, typer.Argument(help="Artifact folder to verify.")],
     config: ConfigOption,
 ) -> None:
-    """Verify an artifact against the AgentConfig's trusted keys, as the agent does on arrival."""
+    """Verify an artifact against the AgentConfig's trusted keys, as the agent does on arrival.
+
+    The same checks, in the same order: the signature, every file, then the manifest's format
+    (one the agent runs), so an artifact that passes here is not refused on the device.
+    """
     from fedge.artifact import verify_artifact
+    from fedge.payload import check_format
 
     _device, keys = _trusted_keys(config)
     manifest = verify_artifact(artifact, keys)
+    check_format(manifest)
     out.print(f"ok  {manifest.name} {manifest.version}: {len(manifest.files)} file(s) verified")
 
 
@@ -54,7 +60,10 @@ def run(
     threads: Annotated[
         int | None,
         typer.Option(
-            "--threads", min=1, help="ONNX Runtime threads per inference (default: all cores)."
+            "--threads",
+            min=1,
+            max=256,
+            help="ONNX Runtime threads per inference (default: all cores).",
         ),
     ] = None,
 ) -> None:

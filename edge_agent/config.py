@@ -4,7 +4,9 @@ Relative paths (CA, client certificate, state directory, input folder, PEM trust
 relative to the config file, so a device folder can be moved as a whole. The broker password is
 read here, at start-up, from its ``secretRef`` and registered for log redaction; it is never
 printed. :class:`AgentSettings` can also be built directly, which is how many agents run as
-threads of one process (a benchmark, a simulation).
+threads of one process (a benchmark, a simulation); built either way, every number is checked
+against the ranges of the AgentConfig (:mod:`policies.agent`), so an infinite keepalive or
+telemetry interval is refused at once with the field's name instead of crashing a thread later.
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ from pathlib import Path
 
 from fedge.errors import UsageError
 from fedge.signing import PublicKey, parse_public_key
+from policies.agent import (
+    HTTP_PORT_RANGE,
+    KEEPALIVE_RANGE_S,
+    PORT_RANGE,
+    TELEMETRY_INTERVAL_RANGE_S,
+)
 
 __all__ = ["AgentSettings", "BrokerSettings", "load_settings"]
 
@@ -31,6 +39,10 @@ class BrokerSettings:
     password: str | None = field(default=None, repr=False)
     keepalive: float = 30.0
 
+    def __post_init__(self) -> None:
+        _check_int("broker.port", self.port, PORT_RANGE)
+        _check_seconds("broker.keepalive", self.keepalive, KEEPALIVE_RANGE_S)
+
 
 @dataclass(frozen=True)
 class AgentSettings:
@@ -43,6 +55,36 @@ class AgentSettings:
     http_port: int | None = None
     telemetry_interval: float = 30.0
     publish_results: bool = False
+
+    def __post_init__(self) -> None:
+        if self.http_port is not None:
+            _check_int("http_port", self.http_port, HTTP_PORT_RANGE)
+        _check_seconds("telemetry_interval", self.telemetry_interval, TELEMETRY_INTERVAL_RANGE_S)
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"  # str() of 5000 digits would raise
+    return repr(value)
+
+
+def _check_int(name: str, value: object, bounds: tuple[int, int]) -> None:
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UsageError(
+            f"agent settings: {name} must be an integer from {low} to {high} (got {_shown(value)})"
+        )
+
+
+def _check_seconds(name: str, value: object, bounds: tuple[float, float]) -> None:
+    low, high = bounds
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    # Compared as they are (no float() of a huge int); NaN and the infinities fail the range.
+    if not number or not low <= value <= high:  # type: ignore[operator]
+        raise UsageError(
+            f"agent settings: {name} must be a finite number of seconds from {bounds[0]:g} to "
+            f"{bounds[1]:g} (got {_shown(value)})"
+        )
 
 
 def _path(value: str | None, base: Path, what: str, *, must_exist: bool) -> Path | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edge_agent.serving import Classifier, NoModelError
 from fedge.atomic import atomic_write_text
+from fedge.bounded import InputError, read_capped
 from fedge.errors import EdgeError
 from fedge.logs import get_logger
 
@@ -86,12 +87,14 @@ class FolderInput:
         os.replace(path, self.failed / path.name)
 
     def _one(self, path: Path) -> None:
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+        if not path.exists():
             return  # taken away meanwhile
-        if len(data) > MAX_FILE:
-            self._fail(path, f"larger than {MAX_FILE} bytes")
+        try:
+            # One open, checked on the descriptor: a link to a 2 GB file, a device or a FIFO is
+            # refused without reading it.
+            data = read_capped(path, limit=MAX_FILE, what="an inbox file")
+        except InputError as exc:
+            self._fail(path, exc.reason)
             return
         try:
             text = data.decode("utf-8")

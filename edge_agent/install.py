@@ -20,10 +20,10 @@ from edge_agent.inference import InferenceEngine
 from edge_agent.protocol import ArtifactRef, DesiredState, Phase, Progress
 from edge_agent.store import InstalledModel, StateDir
 from fedge.artifact import verify_artifact
-from fedge.errors import EdgeError, FedgeError
+from fedge.errors import FedgeError
 from fedge.logs import get_logger
-from fedge.manifest import MANIFEST_NAME, Manifest
-from fedge.payload import ACCEPTED_FORMATS
+from fedge.manifest import Manifest
+from fedge.payload import check_format
 from fedge.signing import PublicKey
 
 __all__ = ["Installer", "PhaseCallback", "Prepared", "ref_of"]
@@ -71,7 +71,7 @@ class Installer:
     def load(self, folder: Path, *, verify: bool = True) -> InferenceEngine:
         """Verify an installed folder (again), load it and run the health check."""
         if verify:
-            _check_format(verify_artifact(folder, self.trusted))
+            check_format(verify_artifact(folder, self.trusted))
         engine = InferenceEngine(folder, threads=self.inference_threads)
         engine.health_check()
         return engine
@@ -89,7 +89,7 @@ class Installer:
             staging = self.state.staging(desired.manifest_sha256)
             self._download(desired, staging, on_phase=on_phase, cancel=cancel)
             on_phase(Phase.VERIFYING, None, None)
-            _check_format(verify_artifact(staging, self.trusted))
+            check_format(verify_artifact(staging, self.trusted))
             if cancel.is_set():
                 raise Cancelled("deployment cancelled")
             on_phase(Phase.ACTIVATING, None, None)
@@ -100,7 +100,7 @@ class Installer:
             on_phase(Phase.VERIFYING, None, None)
         try:
             if not verified:
-                _check_format(verify_artifact(folder, self.trusted))
+                check_format(verify_artifact(folder, self.trusted))
                 on_phase(Phase.ACTIVATING, None, None)
             engine = self.load(folder, verify=False)
         except FedgeError:
@@ -138,11 +138,3 @@ class Installer:
                 on_phase(Phase.DOWNLOADING, f"retrying in {delay:.0f} s: {exc}", None)
                 if cancel.wait(delay):
                     raise Cancelled("deployment cancelled") from exc
-
-
-def _check_format(manifest: Manifest) -> None:
-    if manifest.format not in ACCEPTED_FORMATS:
-        raise EdgeError(
-            f"{MANIFEST_NAME}: format {manifest.format!r} is not one this agent runs "
-            f"({', '.join(sorted(ACCEPTED_FORMATS))})"
-        )

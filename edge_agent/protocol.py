@@ -40,6 +40,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from pydantic.alias_generators import to_camel
 
 from fedge import __version__
+from fedge.bounded import InputError, load_json
 from fedge.errors import EdgeError
 from fedge.replica_urls import URL_MAX_LENGTH, URL_PATTERN
 
@@ -85,6 +86,7 @@ DEPLOYMENT_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 # Same rule as policies.common.TOPIC_SAFE_ID: no '/', '+', '#', nothing an ACL pattern misreads.
 _TOPIC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAX_PAYLOAD = 1 << 20  # a desired document with many replica URLs stays far below this
+_MAX_DEPTH = 16  # the deepest document (reported: progress inside a view) is 4 levels
 
 
 class Channel(StrEnum):
@@ -285,7 +287,7 @@ class DeploymentSettings(Part):
     """Per-deployment overrides of the AgentConfig's telemetry section (None: keep the config)."""
 
     publish_results: bool | None = None
-    telemetry_interval: float | None = Field(default=None, gt=0, le=86400)
+    telemetry_interval: float | None = Field(default=None, ge=1, le=86400, allow_inf_nan=False)
 
 
 class DesiredState(Payload):
@@ -423,9 +425,9 @@ def decode(model: type[M], data: bytes | str, *, channel: str | None = None) -> 
     if len(raw) > _MAX_PAYLOAD:
         raise ProtocolError(f"payload of {len(raw)} bytes is over {_MAX_PAYLOAD}", channel=where)
     try:
-        doc: Any = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ProtocolError(f"not a JSON document ({_short(exc)})", channel=where) from exc
+        doc: Any = load_json(raw, source=where, max_depth=_MAX_DEPTH)
+    except InputError as exc:
+        raise ProtocolError(f"not a JSON document ({_short(exc.reason)})", channel=where) from exc
     if not isinstance(doc, dict):
         raise ProtocolError(f"expected a JSON object, got {type(doc).__name__}", channel=where)
     schema = doc.get("schema")

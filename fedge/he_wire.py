@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedge.bounded import InputError, read_capped
 from fedge.errors import KeyFileError
 
 __all__ = [
@@ -66,14 +67,17 @@ def context_slots(context: Any) -> int:
     return degree // 2
 
 
+_MAX_CONTEXT_FILE = 1 << 30  # a secret CKKS context with Galois keys is tens of MB
+
+
 def read_context_file(path: str | os.PathLike[str], *, what: str) -> bytes:
     """The bytes of a serialized CKKS context (``what``: "secret" or "public"); errors name it."""
     file = Path(path)
     try:
-        return file.read_bytes()
-    except OSError as exc:
+        return read_capped(file, limit=_MAX_CONTEXT_FILE, what=f"an HE {what} context")
+    except InputError as exc:
         raise KeyFileError(
-            f"cannot read the HE {what} context ({exc.strerror})", path=str(file)
+            f"cannot read the HE {what} context ({exc.reason})", path=str(file)
         ) from exc
 
 

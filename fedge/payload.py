@@ -12,13 +12,17 @@ An artifact folder holds, besides ``manifest.json`` and ``manifest.sig`` (:mod:`
   ``{"schema": 1, "max_length": 64, "labels": ["negative", "positive"], "inputs": [...]}``.
 
 The manifest's ``format`` says how ``model.onnx`` was built: export writes :data:`ARTIFACT_FORMAT`,
-and an agent runs any of :data:`ACCEPTED_FORMATS`.
+and an agent runs any of :data:`ACCEPTED_FORMATS`; :func:`check_format` is the one check, made by
+the agent before it installs and by ``fedge-agent verify``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, Final
+
+from fedge.errors import EdgeError
+from fedge.manifest import MANIFEST_NAME, Manifest
 
 __all__ = [
     "ACCEPTED_FORMATS",
@@ -29,6 +33,7 @@ __all__ = [
     "MODEL_FILE",
     "OUTPUT_NAME",
     "TOKENIZER_FILE",
+    "check_format",
     "inference_document",
 ]
 
@@ -55,3 +60,12 @@ def inference_document(
         "labels": list(labels),
         "inputs": list(inputs),
     }
+
+
+def check_format(manifest: Manifest) -> None:
+    """Refuse a (verified) manifest whose ``format`` is not one an agent runs (EdgeError)."""
+    if manifest.format not in ACCEPTED_FORMATS:
+        raise EdgeError(
+            f"{MANIFEST_NAME}: format {manifest.format!r} is not one this agent runs "
+            f"({', '.join(sorted(ACCEPTED_FORMATS))})"
+        )

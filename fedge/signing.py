@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedge.atomic import atomic_write_bytes
+from fedge.bounded import InputError, read_capped
 from fedge.errors import KeyFileError, SignatureError
 
 __all__ = [
@@ -95,17 +96,20 @@ class KeyPair:
         return key_path, pub_path
 
 
+_MAX_KEY_FILE = 64 << 10  # a PEM Ed25519 key is a few hundred bytes
+
+
 def generate_keypair() -> KeyPair:
     return KeyPair(Ed25519PrivateKey.generate())
 
 
 def _read_key_file(path: Path) -> bytes:
     try:
-        return path.read_bytes()
-    except FileNotFoundError as exc:
-        raise KeyFileError("key file does not exist", path=str(path)) from exc
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key file ({exc.strerror})", path=str(path)) from exc
+        return read_capped(path, limit=_MAX_KEY_FILE, what="a key file")
+    except InputError as exc:
+        if exc.reason == "does not exist":
+            raise KeyFileError("key file does not exist", path=str(path)) from exc
+        raise KeyFileError(exc.reason, path=str(path)) from exc
 
 
 def load_private_key(path: str | os.PathLike[str]) -> KeyPair:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 from pydantic.alias_generators import to_camel
 
 from fedge import durations
+from fedge.bounded import InputError, read_capped_text
 from fedge.errors import UsageError
 from fedge.logs import register_secret
 
@@ -52,6 +53,9 @@ class Spec(BaseModel):
     )
 
 
+MAX_DURATION_S = 10 * 365 * 86400
+
+
 def parse_duration(value: Any) -> Any:
     """``90``, ``"90s"``, ``"10m"``, ``"1h30m"``, ``"500ms"`` -> seconds (float), in the one
     grammar of :mod:`fedge.durations`.
@@ -66,11 +70,12 @@ def parse_duration(value: Any) -> Any:
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
-    Field(gt=0),
+    # Finite and at most ten years: `.inf` or 1e30 seconds once crashed the threads that sleep it.
+    Field(gt=0, le=MAX_DURATION_S, allow_inf_nan=False),
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION_S},
                 {"type": "string", "pattern": durations.CANONICAL_PATTERN},
             ],
             "description": "seconds, or a duration such as 30s, 10m, 1h30m",
@@ -123,12 +128,16 @@ class SecretRef(Spec):
             if base_dir is not None and not path.is_absolute():
                 path = Path(base_dir) / path
             try:
-                value = path.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                raise UsageError(f"{field}: cannot read {path} ({exc.strerror})") from exc
+                value = read_capped_text(path, limit=_MAX_SECRET_FILE, what="a secret").rstrip(
+                    "\r\n"
+                )
+            except InputError as exc:
+                raise UsageError(f"{field}: cannot read {path} ({exc.reason})") from exc
         register_secret(value)
         return value
 
+
+_MAX_SECRET_FILE = 64 << 10  # a password or an account key, never more
 
 Enforcement = Literal["Enforce", "Audit"]
 Provider = Literal["s3", "azure-blob", "local"]

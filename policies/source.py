@@ -148,6 +148,7 @@ class _UnsupportedError(Exception):
     def __init__(self, message: str, node: Node) -> None:
         super().__init__(message)
         self.node = node
+        self.path: Path_ = ()
 
 
 class _Converter:
@@ -170,7 +171,11 @@ class _Converter:
             )
         self.doc.values[path] = _loc(node)
         if isinstance(node, ScalarNode):
-            return _scalar(node)
+            try:
+                return _scalar(node)
+            except _UnsupportedError as exc:
+                exc.path = path  # the problem names the field, not just the line
+                raise
         if isinstance(node, SequenceNode):
             return [self.convert(item, (*path, index)) for index, item in enumerate(node.value)]
         if isinstance(node, MappingNode):
@@ -241,7 +246,7 @@ def parse_text(text: str, *, name: str) -> SourceFile:
                 doc.value = converter.convert(node, ())
             except _UnsupportedError as exc:
                 where = _loc(exc.node)
-                problems.append(Problem(name, where.line, where.column, "", str(exc)))
+                problems.append(Problem(name, where.line, where.column, dotted(exc.path), str(exc)))
                 continue
             documents.append(doc)
     except yaml.MarkedYAMLError as exc:

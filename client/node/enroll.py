@@ -36,6 +36,7 @@ import typer
 
 from fedge import enroll_token
 from fedge.atomic import atomic_write_bytes, atomic_write_text
+from fedge.bounded import InputError, load_json, read_capped
 from fedge.errors import FedgeError, UsageError
 from fedge.he_wire import PUBLIC_CONTEXT_FILE
 from fedge.node_keys import generate_node_key
@@ -266,12 +267,12 @@ def enroll(
 def load_join(state_dir: str | os.PathLike[str]) -> JoinInfo:
     """The ``join.json`` that :func:`enroll` wrote into ``state_dir``."""
     path = Path(state_dir) / JOIN_FILE
+    if not path.exists():
+        raise UsageError(f"{path}: not enrolled yet (run `fedge-client enroll` first)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = load_json(read_capped(path, limit=1 << 20, what="a join file"), source=str(path))
         return JoinInfo(**data)
-    except FileNotFoundError as exc:
-        raise UsageError(f"{path}: not enrolled yet (run `fedge-client enroll` first)") from exc
-    except (OSError, ValueError, TypeError) as exc:
+    except (InputError, TypeError) as exc:
         raise UsageError(f"{path}: not a join file written by `fedge-client enroll`") from exc
 
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedge.artifact import verify_artifact
+from fedge.bounded import InputError, read_capped
 from fedge.errors import ArtifactError, SignatureError
-from fedge.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
+from fedge.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, SIGNATURE_NAME, Manifest
 from fedge.signing import PublicKey
 
 __all__ = ["S3_PART_SIZE", "LocalArtifact", "LocalFile", "load_local_artifact"]
@@ -112,13 +113,13 @@ def load_local_artifact(
         verify_artifact(folder, trusted)
     manifest_path = folder / MANIFEST_NAME
     try:
-        body = manifest_path.read_bytes()
-    except FileNotFoundError as exc:
-        raise ArtifactError(
-            "not a signed artifact: manifest.json is missing", file=str(manifest_path)
-        ) from exc
-    except OSError as exc:
-        raise ArtifactError(f"cannot read ({exc.strerror})", file=str(manifest_path)) from exc
+        body = read_capped(manifest_path, limit=MAX_MANIFEST_BYTES, what="a manifest")
+    except InputError as exc:
+        if exc.reason == "does not exist":
+            raise ArtifactError(
+                "not a signed artifact: manifest.json is missing", file=str(manifest_path)
+            ) from exc
+        raise ArtifactError(exc.reason, file=str(manifest_path)) from exc
     if not (folder / SIGNATURE_NAME).is_file():
         raise SignatureError(
             "not a signed artifact: manifest.sig is missing", file=str(folder / SIGNATURE_NAME)

@@ -15,6 +15,11 @@ One run, for one artifact version:
    one is intact; then the versions beyond ``retention.keepVersions``.
 
 One guard holds over every removal: the last intact replica of a deployed version stays.
+
+A run holds the state file's lock (:class:`~cloud_adapters.placement.lock.StateLock`) from before
+it first reads the state until retention is done, so two applies on one state never interleave;
+the second is refused at once (:class:`~cloud_adapters.placement.lock.PlacementBusyError`) or,
+with ``lock_wait_s``, waits that long for the first.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cloud_adapters.placement.local_artifact import LocalArtifact
+from cloud_adapters.placement.lock import StateLock
 from cloud_adapters.placement.planner import Plan, plan_placement
 from cloud_adapters.placement.replicas import (
     Event,
@@ -79,6 +85,7 @@ class Reconciler:
         open_store: StoreFactory,
         on_event: EventSink | None = None,
         parallel: bool = True,
+        lock_wait_s: float = 0.0,
     ) -> None:
         self.policy = policy
         self.inventory = inventory
@@ -86,6 +93,7 @@ class Reconciler:
         self._open_store = open_store
         self._on_event = on_event or _ignore
         self._parallel = parallel
+        self._lock_wait_s = lock_wait_s
         self._targets = {target.name: target for target in inventory.spec.targets}
         self._stores: dict[str, ArtifactStore] = {}
         self._warnings: list[str] = []
@@ -93,6 +101,11 @@ class Reconciler:
     # -- the run --------------------------------------------------------------------------------
 
     def apply(self, artifact: LocalArtifact) -> ApplyReport:
+        """One run, under the state file's lock (refused, or waited for, while another holds it)."""
+        with StateLock(self.state.path, wait_s=self._lock_wait_s):
+            return self._apply(artifact)
+
+    def _apply(self, artifact: LocalArtifact) -> ApplyReport:
         self._warnings = []
         static = self._plan(artifact, {})
         if static.refused:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from fedge.bounded import InputError, load_json, read_capped, read_capped_text
 from fedge.cli import Column, OutputFormat, OutputOption, emit, err, out, output_format
 from fedge.errors import EdgeError, UsageError
 from fedge.output import document
@@ -77,9 +78,9 @@ def _broker(
     password = os.environ.get("FEDGE_BROKER_PASSWORD")
     if password_file is not None:
         try:
-            password = password_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise UsageError(f"--password-file {password_file}: {exc.strerror}") from exc
+            password = read_capped_text(password_file, limit=64 << 10, what="a password").strip()
+        except InputError as exc:
+            raise UsageError(f"--password-file {exc}") from exc
     from fedge.logs import register_secret
 
     if password:
@@ -293,11 +294,11 @@ def deploy(
 
     spec = load_one(rollout, RolloutPolicy).spec
     try:
-        replica_urls = json.loads(urls.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"--urls {urls}: {exc.strerror}") from exc
-    except ValueError as exc:
-        raise UsageError(f"--urls {urls}: not JSON ({exc})") from exc
+        replica_urls = load_json(
+            read_capped(urls, limit=4 << 20, what="a replica-URL document"), source=str(urls)
+        )
+    except InputError as exc:
+        raise UsageError(f"--urls {exc}") from exc
     desired = desired_for_artifact(artifact, replica_urls, deployment_id=deployment_id)
     settings = _broker(broker, ca, username, password_file, no_tls)
     chosen = [d.strip() for d in devices.split(",") if d.strip()] if devices else None
@@ -320,9 +321,11 @@ def deploy(
         undone = f"; rolled back {', '.join(state.updated)}" if state.rolled_back else ""
         raise EdgeError(f"rollout halted: {state.reason}{undone}")
     if placement_state is not None:
+        from cloud_adapters.placement.lock import StateLock
         from cloud_adapters.placement.state import PlacementState
 
-        with PlacementState(placement_state) as store:
+        # Serialized with `fedge place apply`, whose retention reads what is deployed.
+        with StateLock(placement_state, wait_s=30), PlacementState(placement_state) as store:
             store.set_deployed(desired.artifact, desired.version)
 
 

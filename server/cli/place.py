@@ -2,15 +2,17 @@
 
 ``plan`` reads only files (no cloud is contacted) and shows every target's decision with its
 reason and cost; ``apply`` uploads, verifies, fails over and cleans up, recording what it did in
-the ``--state`` SQLite file; ``status`` reads that file; ``urls`` prints presigned download URLs
-for the rollout (JSON by default, or writes them with ``--out``). ``plan``, ``status`` and
-``urls`` take ``-o table|wide|json|yaml`` (fedge.cli); their documents are described in
-fedge.output_schemas. cloud_adapters (and libcloud) load only inside the commands, so
-``fedge --help`` stays fast.
+the ``--state`` SQLite file, one apply at a time per state file (``<state>.lock``: a second one
+is refused with exit 2, or waits with ``--wait SECONDS``); ``status`` reads that file; ``urls``
+prints presigned download URLs for the rollout (JSON by default, or writes them with ``--out``).
+``plan``, ``status`` and ``urls`` take ``-o table|wide|json|yaml`` (fedge.cli); their documents
+are described in fedge.output_schemas. cloud_adapters (and libcloud) load only inside the
+commands, so ``fedge --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -51,6 +53,7 @@ StateOption = Annotated[
     Path, typer.Option("--state", help="SQLite file where placement state is kept.")
 ]
 DEFAULT_STATE = Path("fedge-placement.sqlite")
+MAX_WAIT_S = 86400.0  # --wait: a day is longer than any apply should take
 
 
 def _documents(
@@ -242,13 +245,27 @@ def apply(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds before one HTTP request gives up.")
     ] = 30.0,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            help="Seconds to wait while another apply holds --state (default 0: refuse at once, "
+            "exit 2).",
+        ),
+    ] = 0.0,
 ) -> None:
-    """Upload, verify, fail over, repair drift and apply retention; record it all in --state."""
+    """Upload, verify, fail over, repair drift and apply retention; record it all in --state.
+
+    One apply at a time per --state: a second one is refused (exit 2) while the first holds the
+    lock file <state>.lock, unless --wait gives it time to finish.
+    """
     from cloud_adapters.placement.local_artifact import load_local_artifact
     from cloud_adapters.placement.reconciler import Reconciler
     from cloud_adapters.placement.state import PlacementState
     from fedge.signing import parse_public_key
 
+    if not math.isfinite(wait) or not 0 <= wait <= MAX_WAIT_S:
+        raise UsageError(f"--wait must be between 0 and {MAX_WAIT_S:g} seconds (got {wait:g})")
     placement, clouds = _documents(policy, inventory)
     assert placement is not None  # noqa: S101
     keys = [parse_public_key(value) for value in trusted or []]
@@ -256,7 +273,12 @@ def apply(
     retry = _retry(attempts, timeout)
     with PlacementState(state) as store:
         reconciler = Reconciler(
-            placement, clouds, store, open_store=_factory(inventory, retry), on_event=_show
+            placement,
+            clouds,
+            store,
+            open_store=_factory(inventory, retry),
+            on_event=_show,
+            lock_wait_s=wait,
         )
         report = reconciler.apply(local)
     table = Table(title=f"applied: {local.name} {local.version}, placement {report.health}")

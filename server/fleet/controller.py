@@ -22,7 +22,6 @@ desired state.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import socket
@@ -52,8 +51,10 @@ from edge_agent.protocol import (
     parse_topic,
     utc_now,
 )
+from fedge.bounded import load_json, read_capped
 from fedge.errors import EdgeError, UsageError
 from fedge.logs import get_logger
+from fedge.manifest import MAX_MANIFEST_BYTES
 from fedge.replica_urls import DOCUMENT_FIELDS
 from policies.rollout import RolloutSpec
 from server.fleet.connection import BrokerConnection, BrokerEndpoint
@@ -142,13 +143,10 @@ def desired_for_artifact(
     before they download anything else.
     """
     manifest_path = artifact_dir / "manifest.json"
-    try:
-        raw = manifest_path.read_bytes()
-        manifest = json.loads(raw)
-    except OSError as exc:
-        raise UsageError(f"--artifact {artifact_dir}: cannot read manifest.json") from exc
-    except ValueError as exc:
-        raise UsageError(f"{manifest_path}: not JSON ({exc})") from exc
+    raw = read_capped(manifest_path, limit=MAX_MANIFEST_BYTES, what="a manifest")
+    manifest = load_json(raw, source=str(manifest_path), max_depth=8)
+    if not isinstance(manifest, dict):
+        raise UsageError(f"{manifest_path}: not a JSON object")
     name, version = str(manifest.get("name", "")), str(manifest.get("version", ""))
     artifact_key, version_key, replicas_key = DOCUMENT_FIELDS
     if (urls.get(artifact_key), urls.get(version_key)) != (name, version):
