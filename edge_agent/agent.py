@@ -39,7 +39,6 @@ import time
 from collections.abc import Sequence
 
 from edge_agent.config import AgentSettings
-from edge_agent.download import DownloadLimits
 from edge_agent.folder_input import FolderInput
 from edge_agent.http_input import HttpInput
 from edge_agent.install import Installer
@@ -93,7 +92,6 @@ class Agent:
         *,
         inference_threads: int | None = None,
         reconnect_delay: tuple[int, int] = (1, 10),
-        download_limits: DownloadLimits | None = None,
         retry_delays: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
         folder_interval: float = 0.5,
         client_id: str | None = None,
@@ -106,7 +104,7 @@ class Agent:
             self.state,
             settings.trusted_keys,
             inference_threads=inference_threads,
-            limits=download_limits,
+            limits=settings.download,
             retry_delays=retry_delays,
         )
         self._lock = threading.Lock()

@@ -15,12 +15,17 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_agent.download import DownloadLimits
 from fedge.errors import UsageError
 from fedge.signing import PublicKey, parse_public_key
 from policies.agent import (
+    DEPLOYMENT_DEADLINE_RANGE_S,
     HTTP_PORT_RANGE,
     KEEPALIVE_RANGE_S,
+    MAX_ARTIFACT_BYTES_RANGE,
     PORT_RANGE,
+    REPLICA_DEADLINE_RANGE_S,
+    SOCKET_TIMEOUT_RANGE_S,
     TELEMETRY_INTERVAL_RANGE_S,
 )
 
@@ -55,11 +60,23 @@ class AgentSettings:
     http_port: int | None = None
     telemetry_interval: float = 30.0
     publish_results: bool = False
+    download: DownloadLimits = field(default_factory=DownloadLimits)
 
     def __post_init__(self) -> None:
         if self.http_port is not None:
             _check_int("http_port", self.http_port, HTTP_PORT_RANGE)
         _check_seconds("telemetry_interval", self.telemetry_interval, TELEMETRY_INTERVAL_RANGE_S)
+        limits = self.download
+        _check_seconds("download.timeout", limits.timeout, SOCKET_TIMEOUT_RANGE_S)
+        _check_seconds(
+            "download.replica_deadline", limits.replica_deadline, REPLICA_DEADLINE_RANGE_S
+        )
+        _check_seconds(
+            "download.deployment_deadline", limits.deployment_deadline, DEPLOYMENT_DEADLINE_RANGE_S
+        )
+        _check_int(
+            "download.max_artifact_bytes", limits.max_artifact_bytes, MAX_ARTIFACT_BYTES_RANGE
+        )
 
 
 def _shown(value: object) -> str:
@@ -139,4 +156,10 @@ def load_settings(config: str | os.PathLike[str]) -> AgentSettings:
         http_port=None if spec.input.http is None else spec.input.http.port,
         telemetry_interval=spec.telemetry.interval,
         publish_results=spec.telemetry.publish_results,
+        download=DownloadLimits(
+            timeout=spec.download.timeout,
+            replica_deadline=spec.download.replica_deadline,
+            deployment_deadline=spec.download.deployment_deadline,
+            max_artifact_bytes=spec.download.max_artifact_bytes,
+        ),
     )

@@ -18,13 +18,18 @@ from fedge import durations
 from policies.common import TOPIC_SAFE_ID, SecretRef, Spec, parse_duration
 
 __all__ = [
+    "DEPLOYMENT_DEADLINE_RANGE_S",
     "HTTP_PORT_RANGE",
     "KEEPALIVE_RANGE_S",
+    "MAX_ARTIFACT_BYTES_RANGE",
     "PORT_RANGE",
+    "REPLICA_DEADLINE_RANGE_S",
+    "SOCKET_TIMEOUT_RANGE_S",
     "TELEMETRY_INTERVAL_RANGE_S",
     "AgentSpec",
     "BrokerSpec",
     "BrokerTLS",
+    "DownloadSpec",
     "HttpInput",
     "InputSpec",
     "TelemetrySpec",
@@ -35,6 +40,14 @@ KEEPALIVE_RANGE_S: Final = (5.0, 3600.0)
 """MQTT keepalive: paho's floor is 5 s; past an hour a dead broker goes unnoticed too long."""
 TELEMETRY_INTERVAL_RANGE_S: Final = (1.0, 86400.0)
 """Telemetry: at most once a second (a fleet's broker), at least once a day."""
+SOCKET_TIMEOUT_RANGE_S: Final = (1.0, 600.0)
+"""One read from a replica."""
+REPLICA_DEADLINE_RANGE_S: Final = (1.0, 86400.0)
+"""One replica's delivery of the manifest or of one file, before the next replica is tried."""
+DEPLOYMENT_DEADLINE_RANGE_S: Final = (1.0, 7 * 86400.0)
+"""One deployment's whole download, retries included."""
+MAX_ARTIFACT_BYTES_RANGE: Final = (1 << 20, 1 << 40)
+"""What a signed manifest may list in all, on this device."""
 PORT_RANGE: Final = (1, 65535)
 HTTP_PORT_RANGE: Final = (0, 65535)
 """The local HTTP input: 0 picks a free port."""
@@ -82,6 +95,26 @@ TelemetryInterval = Annotated[
     Field(ge=TELEMETRY_INTERVAL_RANGE_S[0], le=TELEMETRY_INTERVAL_RANGE_S[1], allow_inf_nan=False),
     WithJsonSchema(_schema(TELEMETRY_INTERVAL_RANGE_S, "telemetry interval")),
 ]
+SocketTimeout = Annotated[
+    float,
+    BeforeValidator(_seconds(SOCKET_TIMEOUT_RANGE_S)),
+    Field(ge=SOCKET_TIMEOUT_RANGE_S[0], le=SOCKET_TIMEOUT_RANGE_S[1], allow_inf_nan=False),
+    WithJsonSchema(_schema(SOCKET_TIMEOUT_RANGE_S, "one read from a replica")),
+]
+ReplicaDeadline = Annotated[
+    float,
+    BeforeValidator(_seconds(REPLICA_DEADLINE_RANGE_S)),
+    Field(ge=REPLICA_DEADLINE_RANGE_S[0], le=REPLICA_DEADLINE_RANGE_S[1], allow_inf_nan=False),
+    WithJsonSchema(_schema(REPLICA_DEADLINE_RANGE_S, "one replica's delivery")),
+]
+DeploymentDeadline = Annotated[
+    float,
+    BeforeValidator(_seconds(DEPLOYMENT_DEADLINE_RANGE_S)),
+    Field(
+        ge=DEPLOYMENT_DEADLINE_RANGE_S[0], le=DEPLOYMENT_DEADLINE_RANGE_S[1], allow_inf_nan=False
+    ),
+    WithJsonSchema(_schema(DEPLOYMENT_DEADLINE_RANGE_S, "one deployment's download")),
+]
 
 
 class BrokerTLS(Spec):
@@ -120,6 +153,20 @@ class TelemetrySpec(Spec):
     publish_results: bool = False
 
 
+class DownloadSpec(Spec):
+    """Bounds on one deployment's download; a replica past its deadline gives way to the next."""
+
+    timeout: SocketTimeout = 30.0
+    replica_deadline: ReplicaDeadline = 600.0
+    deployment_deadline: DeploymentDeadline = 3600.0
+    max_artifact_bytes: int = Field(
+        default=4 << 30,
+        ge=MAX_ARTIFACT_BYTES_RANGE[0],
+        le=MAX_ARTIFACT_BYTES_RANGE[1],
+        description="the most bytes a signed manifest may list",
+    )
+
+
 class AgentSpec(Spec):
     device_id: str = Field(pattern=TOPIC_SAFE_ID)
     fleet: str = Field(pattern=TOPIC_SAFE_ID)
@@ -130,3 +177,4 @@ class AgentSpec(Spec):
     state_dir: str = Field(min_length=1)
     input: InputSpec = Field(default_factory=InputSpec)
     telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
+    download: DownloadSpec = Field(default_factory=DownloadSpec)

@@ -232,10 +232,20 @@ def succeeded(version: str, dep: str) -> Callable[[dict[str, Any]], bool]:
 
 
 def start(
-    agents: list[AgentProcess], broker: MosquittoBroker, tmp_path: Path, key: KeyPair
+    agents: list[AgentProcess],
+    broker: MosquittoBroker,
+    tmp_path: Path,
+    key: KeyPair,
+    *,
+    download: dict[str, Any] | None = None,
 ) -> AgentProcess:
     config = write_agent_config(
-        tmp_path / "dev-1", broker, fleet=FLEET, device="dev-1", trusted=[key.public]
+        tmp_path / "dev-1",
+        broker,
+        fleet=FLEET,
+        device="dev-1",
+        trusted=[key.public],
+        download=download,
     )
     return spawn(agents, config, name="dev-1")
 
@@ -374,4 +384,27 @@ def test_a_newer_deployment_wins_over_a_replica_dripping_its_manifest(
         deploy(op, built["v1"], files, "dep-now")
         op.wait_reported(FLEET, "dev-1", succeeded("1.0.0", "dep-now"))
         assert time.monotonic() - began < 15
+    assert serves(proc, "1.0.0")
+
+
+def test_the_agents_config_sets_the_replica_deadline(
+    mosquitto: Callable[..., MosquittoBroker],
+    files: FileServer,
+    agents: list[AgentProcess],
+    built: dict[str, Path],
+    key: KeyPair,
+    tmp_path: Path,
+) -> None:
+    broker = mosquitto([(FLEET, "dev-1")])
+    proc = start(agents, broker, tmp_path, key, download={"replicaDeadline": "2s"})
+    slow = publish(built["v1"], files.root / "slow", files.base_url + "/slow", target="slow")
+    good = publish(built["v1"], files.root / "good", files.base_url + "/good", target="good")
+    files.fault("slow/tiny-cls/1.0.0/model.onnx", DRIP)
+    doc = desired_doc(built["v1"], [slow, good], deployment_id="dep-1")
+    with broker.client(*broker.operator) as op:
+        op.publish(device_topics(FLEET, "dev-1").desired, doc, retain=True).wait_for_publish(10)
+        began = time.monotonic()
+        op.wait_reported(FLEET, "dev-1", succeeded("1.0.0", "dep-1"))
+        assert time.monotonic() - began < 20
+    assert "too slow for model.onnx" in proc.tail(50_000)
     assert serves(proc, "1.0.0")

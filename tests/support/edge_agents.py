@@ -38,6 +38,7 @@ def write_agent_config(
     telemetry_interval: str = "1s",
     publish_results: bool = False,
     password: str | None = None,
+    download: dict[str, Any] | None = None,
 ) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     username, real_password = broker.credentials(fleet, device)
@@ -63,6 +64,8 @@ def write_agent_config(
             "telemetry": {"interval": telemetry_interval, "publishResults": publish_results},
         },
     }
+    if download is not None:
+        document["spec"]["download"] = download
     path = folder / "agent.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
     return path
