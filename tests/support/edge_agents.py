@@ -43,7 +43,7 @@ def write_agent_config(
     folder.mkdir(parents=True, exist_ok=True)
     username, real_password = broker.credentials(fleet, device)
     (folder / "device.password").write_text(password or real_password, encoding="utf-8")
-    document = {
+    document: dict[str, Any] = {
         "apiVersion": "fedge/v1",
         "kind": "AgentConfig",
         "metadata": {"name": device.lower()},
