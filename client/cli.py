@@ -344,6 +344,15 @@ def start(
             "(--no-warm: Flower's stock fresh process per message).",
         ),
     ] = True,
+    reset_ledger: Annotated[
+        bool,
+        typer.Option(
+            "--reset-ledger",
+            help="Start your privacy budget over: archive this state folder's ledger and its "
+            "marker (renamed <name>.reset-<UTC time>), logged as a WARNING. Only for a ledger "
+            "that was lost or damaged: the privacy already spent is not undone.",
+        ),
+    ] = False,
 ) -> None:
     """Join a federation: check your data and model, then run a SuperNode until stopped.
 
@@ -355,7 +364,9 @@ def start(
     of your budget). Ctrl-C stops the SuperNode and everything it started (exit 130); so does
     SIGTERM, as systemd and docker stop send it (exit 0). Exit 77: the coordinator revoked
     this node (enroll again under a new name); exit 1: the SuperNode stopped for another
-    reason (its log says why); exit 2: bad input.
+    reason (its log says why); exit 2: bad input, or a privacy ledger that is missing, was
+    put back from an older copy or was changed outside fedge (the error names the file and
+    the charge; ``--reset-ledger`` starts the budget over, logged).
     """
     from client.contract.labelled import load_labelled
     from client.contract.model import resolve_model_source
@@ -367,6 +378,9 @@ def start(
         supernode_command,
         warm_commands,
     )
+    from client.privacy.ledger import PrivacyLedger
+    from client.privacy.ledger import reset_ledger as reset_ledger_files
+    from client.privacy.ledger_file import ledger_path
     from fedge.errors import UsageError
     from policies import FederationPolicy, load_one
 
@@ -388,6 +402,11 @@ def start(
     if not ca.is_file():
         raise UsageError(f"--ca {ca}: CA certificate not found")
     doc = load_one(policy, FederationPolicy)
+    if reset_ledger:
+        for archived in reset_ledger_files(ledger_path(state_dir, doc.metadata.name)):
+            out.print(f"privacy ledger archived as {archived}", markup=False)
+    # Refuse now, not at the first round, a ledger that is missing, rolled back or altered.
+    PrivacyLedger.for_policy(state_dir, doc)
     resolve_model_source(doc.spec.model.source, base_dir=policy.parent)
     loaded = load_labelled(data, num_labels=doc.spec.model.num_labels)
     check_not_revoked(joined, state_dir)

@@ -29,6 +29,7 @@ fedge_setup_debian() {
     case $package in
       mosquitto) command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto) ;;
       chromium) [ -x /usr/bin/chromium ] || missing+=(chromium) ;;
+      nginx) command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx) ;;
     esac
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -44,10 +45,11 @@ fedge_setup_debian() {
 }
 
 # The real servers and tools the integration tiers start: mosquitto (Debian), Chromium (Debian,
-# renders the run report; Playwright drives it, no browser download) and Azurite (npm).
+# renders the run report; Playwright drives it, no browser download), nginx (Debian, the Fleet
+# API proxy) and Azurite (npm).
 # moto's S3 server comes with the dev extra. Installed only where missing.
 fedge_setup_servers() {
-  fedge_setup_debian mosquitto chromium
+  fedge_setup_debian mosquitto chromium nginx
   local node_dir="$FEDGE_ROOT/.ci/cache/node"
   if [ ! -x "$node_dir/node_modules/.bin/azurite-blob" ]; then
     if command -v npm >/dev/null 2>&1; then

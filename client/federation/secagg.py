@@ -46,10 +46,15 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 )
 from flwr.compat.common import recorddict_compat as compat
 
+from client.contract import secagg_masks
 from fedge import messages as m
 from fedge.errors import FederationError
 
 __all__ = ["arrived_masked", "secagg_mod"]
+
+# Masks from the whole seed through ChaCha20, not a 32-bit fold into a Mersenne Twister; the
+# coordinator installs the same generator (server/federation/secagg.py).
+secagg_masks.install()
 
 
 Arrays = dict[str, npt.NDArray[Any]]

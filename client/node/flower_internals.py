@@ -21,6 +21,19 @@ _EXECUTOR = "flwr.supercore.superexec.executor.subprocess_executor"
 
 INTERNALS: tuple[Internal, ...] = (
     Internal(
+        "flwr.client.mod.secure_aggregation.secaggplus_mod",
+        "pseudo_rand_gen",
+        f"{_SECAGG}: installs client/contract/secagg_masks.py in place of this module global; "
+        "Flower folds each mask seed to 32 bits for a Mersenne Twister (Flower #7522)",
+        parameters=("seed", "num_range", "dimensions_list"),
+    ),
+    Internal(
+        "flwr.common.secure_aggregation.secaggplus_utils",
+        "pseudo_rand_gen",
+        "tests/client/test_secagg_masks.py: Flower's own generator, to show the folded-seed defect",
+        parameters=("seed", "num_range", "dimensions_list"),
+    ),
+    Internal(
         "flwr.supercore",
         "log",
         f"{_WARM}: the patches log through Flower's logger, in Flower's format",

@@ -35,14 +35,32 @@ Semantics a caller relies on:
   others would re-price rounds already spent, so that is refused. The target epsilon is whatever
   the holder's policy says now, and each charge records the target it was checked against.
 * **Never a silent reset.** A corrupt, foreign or newer-schema file raises
-  :class:`~fedge.errors.UsageError` naming the file; so does a file that lost charges this ledger
-  had already seen. Nothing here rewrites a file it could not read.
+  :class:`~client.privacy.ledger_file.LedgerError` (a :class:`~fedge.errors.UsageError`) naming
+  the file; nothing here rewrites a file it could not read. The only way to start over is
+  :func:`reset_ledger` (``fedge-client start --reset-ledger``), which archives the old files and
+  logs a warning.
+
+Why the ledger checks itself, and how far that goes. A lower stored noise multiplier, fewer stored
+steps, a removed charge or a deleted file would each lower the epsilon reported, and the next
+round would be charged against a budget that looks unspent. So every read verifies the hash chain
+and prices the stored charges again with Opacus, comparing each running epsilon with the stored
+one (under PRV, whose pricing is a numerical convolution, only the total: the chain already covers
+every earlier charge); a marker beside the ledger (``<key>.json.seen``) remembers how many charges
+it had and the chain's head then, so a missing ledger or an older copy put back is refused too;
+and temporary files a killed write left behind are removed, under the lock, when it is opened.
+What this protects against is accidents and partial restores (a backup of the folder from last
+week, a sync tool, a half-finished copy), an edit by hand that forgot something, and another local
+process writing the file. It cannot stop the holder: the machine is the holder's, and someone who
+edits the charges, recomputes the epsilons and the chain and rewrites the marker (or deletes the
+whole ``privacy`` folder) is lying only to themselves. That is by design, since the budget
+protects the holder's own data subjects and the holder is the one enforcing it; the outside check
+is the coordinator's view of what each holder spent (``epsilonPerClient`` in the run's metrics and
+the artifact manifest), which a holder cannot rewrite.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -56,15 +74,32 @@ from client.privacy.accounting import (
     opacus_history,
 )
 from client.privacy.checks import check_name, check_round
-from client.privacy.ledger_file import LedgerState, RoundCharge, ledger_path, parse_ledger
+from client.privacy.ledger_file import (
+    LedgerError,
+    LedgerState,
+    RoundCharge,
+    SeenMarker,
+    StoredLedger,
+    ledger_path,
+    marker_path,
+    read_ledger,
+    read_marker,
+    stale_temp_files,
+    verify_ledger,
+)
+from client.privacy.ledger_lock import ledger_lock, lock_fd, remove_stale_temps, reset_ledger
 from fedge.atomic import atomic_write_text
-from fedge.errors import BudgetExceededError, FederationError, UsageError
+from fedge.errors import BudgetExceededError, FederationError
 from fedge.logs import get_logger
 from policies import FederationPolicy
 
-__all__ = ["LedgerSummary", "PrivacyLedger", "RoundSummary"]
+__all__ = ["LedgerError", "LedgerSummary", "PrivacyLedger", "RoundSummary", "reset_ledger"]
 
 _log = get_logger(__name__)
+_RESET_HINT = (
+    "restore the last copy fedge wrote, or pass --reset-ledger to fedge-client start to start "
+    "the budget over (logged)"
+)
 
 
 class RoundSummary(TypedDict):
@@ -121,7 +156,10 @@ class PrivacyLedger:
         self._seen: tuple[RoundCharge, ...] = ()
         self._stamp: tuple[int, int, int] | None = None
         self._state = self._empty()
-        self._load()  # fail now, at start, not after the first round has trained
+        self._version = 2
+        # (count, head) of a prefix whose running epsilons this process has priced already.
+        self._verified: tuple[int, str] = (0, self._state.head)
+        self._open()  # fail now, at start, not after the first round has trained
 
     @classmethod
     def for_policy(
@@ -299,6 +337,9 @@ class PrivacyLedger:
                     f"round {round_} is not charged and its update must not be sent"
                 ) from exc
             self._state, self._seen, self._stamp = new_state, new_state.charges, None
+            self._version = 2
+            self._verified = (len(new_state.charges), new_state.head)
+            self._write_marker(new_state)
         _log.info(
             "privacy ledger %s: round %d of run %s charged, epsilon %.4g of %g",
             self._budget_key,
@@ -349,19 +390,58 @@ class PrivacyLedger:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold an exclusive lock for a read-decide-write, across processes sharing the file."""
-        lock_path = self._path.with_name(f".{self._path.name}.lock")
-        try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise FederationError(
-                f"{lock_path}: cannot lock the privacy ledger ({exc.strerror or exc})"
-            ) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with ledger_lock(self._path):
             yield
+
+    def _open(self) -> None:
+        """First read: under the lock, clear a killed write's leftovers, upgrade a v1 file to the
+        chained format, and bring the marker up to date; then verify as every read does."""
+        marker = marker_path(self._path)
+        if not (self._path.exists() or marker.exists() or stale_temp_files(self._path)):
+            self._load()  # nothing here yet: a new budget (and nothing to lock or tidy)
+            return
+        try:
+            lock = lock_fd(self._path)
+        except OSError as exc:  # a read-only copy of a state folder can still be read
+            _log.debug("%s: not locked for opening (%s)", self._path, exc)
+            self._load()
+            return
+        try:
+            remove_stale_temps(self._path)
+            state = self._load(force=True)
+            if self._version < 2 and state.charges:
+                try:
+                    atomic_write_text(self._path, state.to_text(), mode=0o600)
+                except OSError as exc:
+                    _log.warning("%s: cannot rewrite the v1 ledger chained (%s)", self._path, exc)
+                else:
+                    self._version, self._stamp = 2, None
+                    _log.info(
+                        "privacy ledger %s: a v1 ledger (%d charges, running epsilon checked) "
+                        "was rewritten with a hash chain",
+                        self._path,
+                        len(state.charges),
+                    )
+            if state.charges:
+                seen = read_marker(self._path)
+                if seen is None or seen.charges < len(state.charges):
+                    self._write_marker(state)
         finally:
-            os.close(fd)  # closing releases the lock
+            os.close(lock)
+
+    def _write_marker(self, state: LedgerState) -> None:
+        """Remember the ledger's charge count and head; only under the lock, after a write."""
+        seen = SeenMarker(self._path.name, len(state.charges), state.head)
+        try:
+            atomic_write_text(marker_path(self._path), seen.to_text(), mode=0o600)
+        except OSError as exc:
+            # The charge is in the ledger, which is what counts; the marker only catches a
+            # ledger lost or rolled back later, and the next write brings it up to date.
+            _log.warning(
+                "%s: cannot write the ledger's marker (%s); a lost ledger would not be noticed",
+                marker_path(self._path),
+                exc.strerror or exc,
+            )
 
     def _load(self, *, force: bool = False) -> LedgerState:
         """Read the file if it changed; raise a clear error rather than ever start from zero."""
@@ -370,55 +450,99 @@ class PrivacyLedger:
         except FileNotFoundError:
             info = None
         except OSError as exc:
-            raise UsageError(
-                f"{self._path}: cannot read the privacy ledger ({exc.strerror or exc})"
+            raise LedgerError(
+                f"cannot read the privacy ledger ({exc.strerror or exc})", path=self._path
             ) from exc
-        if info is None:
+        stamp = None if info is None else (info.st_ino, info.st_mtime_ns, info.st_size)
+        if stamp is not None and not force and stamp == self._stamp:
+            return self._state
+        # The marker before the ledger: a writer replaces the ledger first and the marker after,
+        # so a ledger read after its marker never holds fewer charges than the marker says.
+        seen = read_marker(self._path)
+        stored = read_ledger(self._path)
+        if stored is None:
+            if seen is not None:
+                raise LedgerError(
+                    f"the privacy ledger is missing, but this state folder had one "
+                    f"({seen.charges} charges, head {seen.head[:16]}, per "
+                    f"{marker_path(self._path).name}); {_RESET_HINT}",
+                    path=self._path,
+                )
             if self._seen:
-                raise UsageError(
-                    f"{self._path}: the privacy ledger disappeared after recording "
-                    f"{len(self._seen)} round(s); restore it before taking part again, "
-                    "or the budget would start again from zero"
+                raise LedgerError(
+                    f"the privacy ledger is missing: it disappeared after recording "
+                    f"{len(self._seen)} round(s); {_RESET_HINT}",
+                    path=self._path,
                 )
             self._state, self._stamp = self._empty(), None
             return self._state
-        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
-        if not force and stamp == self._stamp:
-            return self._state
-        try:
-            state = parse_ledger(self._path.read_bytes())
-        except OSError as exc:
-            raise UsageError(
-                f"{self._path}: cannot read the privacy ledger ({exc.strerror or exc})"
-            ) from exc
-        except ValueError as exc:
-            raise UsageError(
-                f"{self._path}: {exc}; fix or restore the file (it is never reset, "
-                "because that would reset the privacy budget)"
-            ) from exc
+        self._verify(stored)
+        state = stored.state
         self._check_belongs(state)
+        self._check_marker(stored, seen)
+        # The stamp is the stat before the read: if the file changed in between, the next query
+        # sees a stamp that differs and reads it again.
         self._state, self._stamp, self._seen = state, stamp, state.charges
+        self._version = stored.version
         return state
+
+    def _verify(self, stored: StoredLedger) -> None:
+        state = stored.state
+        count, head = self._verified
+        known = count <= len(state.charges) and state.heads[count] == head
+        every = stored.version < 2 or state.accountant == "rdp"
+        verify_ledger(stored, source=self._path, trusted=count if known else 0, every=every)
+        self._verified = (len(state.charges), state.head)
+
+    def _check_marker(self, stored: StoredLedger, seen: SeenMarker | None) -> None:
+        if seen is None:
+            return
+        state = stored.state
+        if stored.version < 2:
+            raise LedgerError(
+                f"an unchained (v1) ledger of {len(state.charges)} charges is where this state "
+                f"folder had a chained one of {seen.charges} (per {marker_path(self._path).name}):"
+                f" an old copy was put back; {_RESET_HINT}",
+                path=self._path,
+            )
+        if seen.charges > len(state.charges):
+            raise LedgerError(
+                f"the privacy ledger holds {len(state.charges)} charges, but this state folder "
+                f"had recorded {seen.charges} (head {seen.head[:16]}, per "
+                f"{marker_path(self._path).name}): an older copy was put back or charges were "
+                f"removed; {_RESET_HINT}",
+                path=self._path,
+                index=len(state.charges),
+            )
+        if state.heads[seen.charges] != seen.head:
+            raise LedgerError(
+                f"the first {seen.charges} charges are not the ones this state folder recorded "
+                f"(their hash is not head {seen.head[:16]} of {marker_path(self._path).name}): "
+                f"the ledger was replaced by another one; {_RESET_HINT}",
+                path=self._path,
+            )
 
     def _check_belongs(self, state: LedgerState) -> None:
         if state.budget_key != self._budget_key:
-            raise UsageError(
-                f"{self._path}: this ledger keeps the budget {state.budget_key!r}, not "
+            raise LedgerError(
+                f"this ledger keeps the budget {state.budget_key!r}, not "
                 f"{self._budget_key!r}; federations share a budget only when you give them "
-                "the same budget key"
+                "the same budget key",
+                path=self._path,
             )
         terms = (state.accountant, state.delta)
         wanted = (self._budget.accountant, self._budget.delta)
         if state.charges and terms != wanted:
-            raise UsageError(
-                f"{self._path}: rounds here were priced with the {state.accountant} accountant "
+            raise LedgerError(
+                f"rounds here were priced with the {state.accountant} accountant "
                 f"at delta {state.delta:g}, but the policy asks for {wanted[0]} at delta "
                 f"{wanted[1]:g}; changing them would re-price privacy already spent "
-                "(keep the policy's privacy.accountant and privacy.delta, or use a new budget key)"
+                "(keep the policy's privacy.accountant and privacy.delta, or use a new budget key)",
+                path=self._path,
             )
         if self._seen and state.charges[: len(self._seen)] != self._seen:
-            raise UsageError(
-                f"{self._path}: the privacy ledger lost or changed rounds it had recorded "
-                f"({len(self._seen)} before, {len(state.charges)} now); restore it before "
-                "taking part again"
+            raise LedgerError(
+                f"the privacy ledger lost or changed rounds it had recorded "
+                f"({len(self._seen)} before, {len(state.charges)} now); {_RESET_HINT}",
+                path=self._path,
             )

@@ -19,6 +19,13 @@ _SECAGG = "server/federation/secagg.py"
 
 INTERNALS: tuple[Internal, ...] = (
     Internal(
+        "flwr.server.workflow.secure_aggregation.secaggplus_workflow",
+        "pseudo_rand_gen",
+        f"{_SECAGG}: installs client/contract/secagg_masks.py in place of this module global, as "
+        "on the holder's side: the masks of drop-outs are regenerated with the same generator",
+        parameters=("seed", "num_range", "dimensions_list"),
+    ),
+    Internal(
         "flwr.simulation.run_simulation",
         "_run_simulation",
         "simulation_engine.py: the public run_simulation cannot load a ClientApp by name from an "

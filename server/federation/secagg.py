@@ -70,6 +70,7 @@ from flwr.server.workflow.secure_aggregation.secaggplus_workflow import Workflow
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
+from client.contract import secagg_masks
 from fedge import messages as m
 from fedge.errors import FederationError, UsageError
 from fedge.logs import get_logger
@@ -83,6 +84,10 @@ __all__ = [
 
 log = get_logger(__name__)
 Arrays = dict[str, npt.NDArray[Any]]
+
+# The holders' mask generator (client/contract/secagg_masks.py): the masks of drop-outs that
+# this side regenerates must be the ones they added.
+secagg_masks.install()
 
 
 @dataclass(frozen=True)

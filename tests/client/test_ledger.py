@@ -23,7 +23,14 @@ from opacus.accountants import RDPAccountant
 
 from client.privacy.accounting import Mechanism, PrivacyBudget, epsilon_for, noise_for_budget
 from client.privacy.ledger import PrivacyLedger
-from client.privacy.ledger_file import LEDGER_SCHEMA, ledger_path
+from client.privacy.ledger_file import (
+    LEDGER_SCHEMA,
+    LedgerError,
+    LedgerState,
+    RoundCharge,
+    ledger_path,
+    marker_path,
+)
 from fedge.errors import BudgetExceededError, FederationError, UsageError
 from policies import FederationPolicy, load_one
 from policies.common import Metadata
@@ -149,8 +156,14 @@ def test_record_leaves_a_complete_private_file_and_no_temporary(tmp_path):
     assert doc["schema"] == LEDGER_SCHEMA
     assert doc["budgetKey"] == "sentiment-demo"
     assert (doc["accountant"], doc["delta"]) == ("rdp", DELTA)
-    assert doc["charges"] == [charge.to_dict()]
+    assert [{k: v for k, v in c.items() if k != "prev"} for c in doc["charges"]] == [
+        charge.to_dict()
+    ]
+    assert doc["head"] == LedgerState("sentiment-demo", "rdp", DELTA, (charge,)).head
     assert ledger.path.stat().st_mode & 0o777 == 0o600
+    seen = json.loads(marker_path(ledger.path).read_text(encoding="utf-8"))
+    assert (seen["charges"], seen["head"]) == (1, doc["head"])
+    assert marker_path(ledger.path).stat().st_mode & 0o777 == 0o600
     assert _leftovers(tmp_path) == []
 
 
@@ -178,11 +191,14 @@ def test_a_ledger_that_disappears_is_an_error_not_a_fresh_budget(tmp_path):
     ledger = _ledger(tmp_path)
     _record(ledger, 1, (1.0, 0.01, 100))
     ledger.path.unlink()
-    with pytest.raises(UsageError, match="disappeared"):
+    with pytest.raises(LedgerError, match="is missing, but this state folder had one"):
         ledger.spent()
-    with pytest.raises(UsageError, match="disappeared"):
+    with pytest.raises(LedgerError, match="is missing"):
         _record(ledger, 2, (1.0, 0.01, 100))
     assert not ledger.path.exists()
+    marker_path(ledger.path).unlink()  # the marker gone too: the open handle still remembers
+    with pytest.raises(LedgerError, match="disappeared after recording 1 round"):
+        ledger.spent()
 
 
 def test_two_handles_on_one_file_see_each_others_rounds(tmp_path):
@@ -238,24 +254,27 @@ def test_the_same_round_number_in_another_run_is_a_new_charge(tmp_path):
 
 
 def _valid_doc() -> dict[str, Any]:
-    charge = {
-        "federation": "sentiment-demo",
-        "runId": "run-1",
-        "round": 1,
-        "noiseMultiplier": 1.0,
-        "sampleRate": 0.01,
-        "steps": 100,
-        "epsilonAfter": 1.2,
-        "targetEpsilon": 8.0,
-        "recordedAt": "2025-01-01T00:00:00Z",
-    }
-    return {
-        "schema": LEDGER_SCHEMA,
-        "budgetKey": "sentiment-demo",
-        "accountant": "rdp",
-        "delta": DELTA,
-        "charges": [charge],
-    }
+    """A chained ledger of one charge, as PrivacyLedger.record writes it (real Opacus epsilon)."""
+    charge = RoundCharge(
+        federation="sentiment-demo",
+        run_id="run-1",
+        round=1,
+        noise_multiplier=1.0,
+        sample_rate=0.01,
+        steps=100,
+        epsilon_after=epsilon_for([(1.0, 0.01, 100)], delta=DELTA, accountant="rdp"),
+        target_epsilon=8.0,
+        recorded_at="2025-01-01T00:00:00Z",
+    )
+    doc: dict[str, Any] = json.loads(
+        LedgerState("sentiment-demo", "rdp", DELTA, (charge,)).to_text()
+    )
+    return doc
+
+
+def test_the_valid_document_of_these_tests_opens(tmp_path):
+    (tmp_path / "ledger.json").write_text(json.dumps(_valid_doc()), encoding="utf-8")
+    assert len(_ledger(tmp_path).charges()) == 1
 
 
 def _changed(**changes: Any) -> bytes:
@@ -286,15 +305,15 @@ CORRUPT = [
     pytest.param(b"\xff\xfe\x00garbage", "not UTF-8", id="binary"),
     pytest.param(b"[]", "not a privacy ledger", id="array"),
     pytest.param(_changed(schema="fedge.artifact/v1"), "not a privacy ledger", id="foreign"),
-    pytest.param(_changed(schema="fedge.ledger/v2"), "another fedge version", id="newer"),
+    pytest.param(_changed(schema="fedge.ledger/v3"), "another fedge version", id="newer"),
     pytest.param(_without("delta"), "delta: missing", id="missing-field"),
     pytest.param(_changed(note="hi"), "note: unknown field", id="unknown-field"),
     pytest.param(_changed(charge_steps=0), r"charges\[0\]\.steps", id="zero-steps"),
     pytest.param(_changed(charge_round=True), r"charges\[0\]\.round", id="bool-round"),
     pytest.param(_changed(charges={}), "charges: must be a list", id="charges-not-list"),
-    pytest.param(
-        json.dumps(_valid_doc()).replace("1.2,", "NaN,").encode(), "NaN", id="nan-epsilon"
-    ),
+    pytest.param(_changed(charge_epsilonAfter="NaN").replace(b'"NaN"', b"NaN"), "NaN", id="nan"),
+    pytest.param(_changed(charge_prev="0" * 63), r"charges\[0\]\.prev", id="bad-prev"),
+    pytest.param(_without("head"), "head: missing", id="no-head"),
     pytest.param(_twice(), "charged twice", id="duplicate-round"),
 ]
 
@@ -308,6 +327,15 @@ def test_a_corrupt_ledger_is_an_error_naming_the_file_and_is_never_reset(tmp_pat
     assert str(failed.value).startswith(f"{path}: ")
     assert failed.value.exit_code == 2
     assert path.read_bytes() == content
+
+
+def test_a_ledger_too_big_to_be_one_is_refused_without_reading_it(tmp_path):
+    path = tmp_path / "ledger.json"
+    with path.open("wb") as handle:
+        handle.truncate(33 * 1024 * 1024)  # sparse: nothing is written, nothing should be read
+    with pytest.raises(LedgerError, match="over the .* limit for a privacy ledger"):
+        _ledger(tmp_path)
+    assert path.stat().st_size == 33 * 1024 * 1024
 
 
 def test_a_ledger_corrupted_while_open_is_not_overwritten(tmp_path):
@@ -326,7 +354,9 @@ def test_a_ledger_that_lost_rounds_it_had_is_an_error(tmp_path):
     doc = json.loads(ledger.path.read_text(encoding="utf-8"))
     doc["charges"] = doc["charges"][:1]  # e.g. an old backup copied over the live file
     ledger.path.write_text(json.dumps(doc), encoding="utf-8")
-    with pytest.raises(UsageError, match="lost or changed rounds"):
+    with pytest.raises(
+        LedgerError, match="changed outside fedge, so it is not used: head is not the hash"
+    ):
         ledger.spent()
 
 
