@@ -40,10 +40,18 @@ from fedge.errors import ArtifactError, SignatureError
 from fedge.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest
 from fedge.signing import KeyPair, generate_keypair
 from tests.support import edge_agents, http_files, mqtt_broker
-from tests.support.edge_agents import AgentProcess, eventually, spawn, write_agent_config
+from tests.support.edge_agents import (
+    FLEET,
+    AgentProcess,
+    deploy,
+    eventually,
+    on_version,
+    spawn,
+    start_agent,
+)
 from tests.support.edge_artifacts import desired_doc, make_artifact, publish
 from tests.support.http_files import Fault, FileServer
-from tests.support.mqtt_broker import MosquittoBroker, Operator
+from tests.support.mqtt_broker import MosquittoBroker
 
 agents = edge_agents.agents
 files = http_files.files
@@ -52,7 +60,6 @@ mosquitto = mqtt_broker.mosquitto
 
 pytestmark = pytest.mark.timeout(120)
 
-FLEET = "lab"
 DRIP = Fault(bytes_per_second=0.5, step=1)  # one byte every two seconds
 
 
@@ -216,38 +223,14 @@ def test_a_manifest_that_is_a_fifo_or_a_device_is_refused_at_once(
 # -- real agents: healing and leftovers ---------------------------------------------------------
 
 
-def deploy(op: Operator, artifact: Path, files: FileServer, dep: str, **extra: Any) -> None:
-    replica = publish(artifact, files.root, files.base_url)
-    doc = desired_doc(artifact, [replica], deployment_id=dep)
-    doc.update(extra)
-    op.publish(device_topics(FLEET, "dev-1").desired, doc, retain=True).wait_for_publish(10)
-
-
-def succeeded(version: str, dep: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda doc: (
-        doc["phase"] == "SUCCEEDED"
-        and doc["deploymentId"] == dep
-        and (doc.get("current") or {}).get("version") == version
-    )
-
-
 def start(
     agents: list[AgentProcess],
     broker: MosquittoBroker,
     tmp_path: Path,
     key: KeyPair,
-    *,
-    download: dict[str, Any] | None = None,
+    **options: Any,
 ) -> AgentProcess:
-    config = write_agent_config(
-        tmp_path / "dev-1",
-        broker,
-        fleet=FLEET,
-        device="dev-1",
-        trusted=[key.public],
-        download=download,
-    )
-    return spawn(agents, config, name="dev-1")
+    return start_agent(agents, broker, tmp_path, "dev-1", key, **options)
 
 
 def serves(proc: AgentProcess, version: str) -> bool:
@@ -268,8 +251,8 @@ def test_a_damaged_active_record_heals_on_restart_from_the_store(
     broker = mosquitto([(FLEET, "dev-1")])
     proc = start(agents, broker, tmp_path, key)
     with broker.client(*broker.operator) as op:
-        deploy(op, built["v1"], files, "dep-1")
-        op.wait_reported(FLEET, "dev-1", succeeded("1.0.0", "dep-1"))
+        deploy(op, ["dev-1"], built["v1"], files, "dep-1")
+        op.wait_reported(FLEET, "dev-1", on_version("1.0.0", "dep-1"))
     proc.kill()
     active = proc.state / "active.json"
     if damage == "garbage":
@@ -301,8 +284,8 @@ def test_a_lost_model_is_installed_again_from_the_retained_desired(
     broker = mosquitto([(FLEET, "dev-1")])
     proc = start(agents, broker, tmp_path, key)
     with broker.client(*broker.operator) as op:
-        deploy(op, built["v1"], files, "dep-1")
-        op.wait_reported(FLEET, "dev-1", succeeded("1.0.0", "dep-1"))
+        deploy(op, ["dev-1"], built["v1"], files, "dep-1")
+        op.wait_reported(FLEET, "dev-1", on_version("1.0.0", "dep-1"))
         proc.kill()
         shutil.rmtree(proc.state / "models")
         (proc.state / "active.json").unlink()
@@ -327,7 +310,7 @@ def test_a_failed_download_leaves_nothing_behind(
     model = tampered / "model.onnx"
     model.write_bytes(b"\x01" + model.read_bytes()[1:])
     with broker.client(*broker.operator) as op:
-        deploy(op, tampered, files, "dep-bad")
+        deploy(op, ["dev-1"], tampered, files, "dep-bad")
         doc = op.wait_reported(
             FLEET, "dev-1", lambda d: d["phase"] == "FAILED" and d["deploymentId"] == "dep-bad"
         )
@@ -351,9 +334,15 @@ def test_a_desired_naming_another_version_with_the_installed_hash_fails(
     broker = mosquitto([(FLEET, "dev-1")])
     proc = start(agents, broker, tmp_path, key)
     with broker.client(*broker.operator) as op:
-        deploy(op, built["v1"], files, "dep-1")
-        op.wait_reported(FLEET, "dev-1", succeeded("1.0.0", "dep-1"))
-        deploy(op, built["v1"], files, "dep-liar", version="9.9.9")
+        deploy(op, ["dev-1"], built["v1"], files, "dep-1")
+        op.wait_reported(FLEET, "dev-1", on_version("1.0.0", "dep-1"))
+        liar = desired_doc(
+            built["v1"],
+            [publish(built["v1"], files.root, files.base_url)],
+            deployment_id="dep-liar",
+        )
+        liar["version"] = "9.9.9"  # the installed manifest's hash, another version
+        op.publish(device_topics(FLEET, "dev-1").desired, liar, retain=True).wait_for_publish(10)
         doc = op.wait_reported(
             FLEET, "dev-1", lambda d: d["deploymentId"] == "dep-liar" and d["phase"] == "FAILED"
         )
@@ -374,15 +363,15 @@ def test_a_newer_deployment_wins_over_a_replica_dripping_its_manifest(
     proc = start(agents, broker, tmp_path, key)
     files.fault(f"tiny-cls/2.0.0/{MANIFEST_NAME}", DRIP)
     with broker.client(*broker.operator) as op:
-        deploy(op, built["v2"], files, "dep-slow")
+        deploy(op, ["dev-1"], built["v2"], files, "dep-slow")
         op.wait_reported(
             FLEET,
             "dev-1",
             lambda d: d["deploymentId"] == "dep-slow" and d["phase"] == "DOWNLOADING",
         )
         began = time.monotonic()
-        deploy(op, built["v1"], files, "dep-now")
-        op.wait_reported(FLEET, "dev-1", succeeded("1.0.0", "dep-now"))
+        deploy(op, ["dev-1"], built["v1"], files, "dep-now")
+        op.wait_reported(FLEET, "dev-1", on_version("1.0.0", "dep-now"))
         assert time.monotonic() - began < 15
     assert serves(proc, "1.0.0")
 
@@ -404,7 +393,7 @@ def test_the_agents_config_sets_the_replica_deadline(
     with broker.client(*broker.operator) as op:
         op.publish(device_topics(FLEET, "dev-1").desired, doc, retain=True).wait_for_publish(10)
         began = time.monotonic()
-        op.wait_reported(FLEET, "dev-1", succeeded("1.0.0", "dep-1"))
+        op.wait_reported(FLEET, "dev-1", on_version("1.0.0", "dep-1"))
         assert time.monotonic() - began < 20
     assert "too slow for model.onnx" in proc.tail(50_000)
     assert serves(proc, "1.0.0")

@@ -22,8 +22,18 @@ from edge_agent.protocol import device_topics
 from fedge.signing import KeyPair, generate_keypair
 from tests.conftest import REPO
 from tests.support import edge_agents, http_files, mqtt_broker
-from tests.support.edge_agents import AgentProcess, eventually, spawn, write_agent_config
-from tests.support.edge_artifacts import desired_doc, make_artifact, publish
+from tests.support.edge_agents import (
+    FLEET,
+    AgentProcess,
+    deploy,
+    eventually,
+    on_version,
+    phase_is,
+    reported_topic,
+    spawn,
+    start_agent,
+)
+from tests.support.edge_artifacts import make_artifact
 from tests.support.http_files import Fault, FileServer
 from tests.support.mqtt_broker import MosquittoBroker, Operator
 
@@ -35,7 +45,6 @@ mosquitto = mqtt_broker.mosquitto
 
 pytestmark = pytest.mark.timeout(180)
 
-FLEET = "lab"
 ORDER = ["QUEUED", "DOWNLOADING", "VERIFYING", "ACTIVATING", "SUCCEEDED"]
 
 
@@ -60,39 +69,6 @@ def built(tmp_path_factory: pytest.TempPathFactory, key: KeyPair) -> dict[str, P
     return {name: root / name for name in ("v1", "v2", "v3", "v4")}
 
 
-def reported_topic(device: str) -> str:
-    return device_topics(FLEET, device).reported
-
-
-def deploy(
-    op: Operator,
-    devices: list[str],
-    artifact: Path,
-    files_server: FileServer,
-    deployment_id: str,
-    **settings: Any,
-) -> None:
-    replica = publish(artifact, files_server.root, files_server.base_url)
-    doc = desired_doc(artifact, [replica], deployment_id=deployment_id, **settings)
-    for device in devices:
-        op.publish(device_topics(FLEET, device).desired, doc, retain=True).wait_for_publish(10)
-
-
-def on_version(version: str, deployment_id: str | None = None) -> Callable[[dict[str, Any]], bool]:
-    def check(doc: dict[str, Any]) -> bool:
-        return (
-            doc["phase"] == "SUCCEEDED"
-            and (doc.get("current") or {}).get("version") == version
-            and (deployment_id is None or doc["deploymentId"] == deployment_id)
-        )
-
-    return check
-
-
-def phase_is(phase: str, deployment_id: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda doc: doc["phase"] == phase and doc["deploymentId"] == deployment_id
-
-
 def status_of(op: Operator, device: str) -> dict[str, Any] | None:
     message = op.latest.get(device_topics(FLEET, device).status)
     return None if message is None else message.json()
@@ -107,20 +83,6 @@ def wait_status(op: Operator, device: str, state: str, *, min_seq: int = 0) -> d
         check, timeout=60, what=f"{device} {state} (birthSeq >= {min_seq})"
     )
     return found
-
-
-def start_agent(
-    agents: list[AgentProcess],
-    broker: MosquittoBroker,
-    tmp_path: Path,
-    device: str,
-    key: KeyPair,
-    **options: Any,
-) -> AgentProcess:
-    config = write_agent_config(
-        tmp_path / device, broker, fleet=FLEET, device=device, trusted=[key.public], **options
-    )
-    return spawn(agents, config, name=device)
 
 
 def test_two_agents_receive_a_deployment_and_report_it(

@@ -22,10 +22,15 @@ from typing import Any
 import pytest
 import yaml
 
+from edge_agent.protocol import device_topics
 from fedge.process import ManagedProcess
-from fedge.signing import PublicKey
+from fedge.signing import KeyPair, PublicKey
 from tests.conftest import REPO
-from tests.support.mqtt_broker import LOOPBACK, MosquittoBroker
+from tests.support.edge_artifacts import desired_doc, publish
+from tests.support.http_files import FileServer
+from tests.support.mqtt_broker import LOOPBACK, MosquittoBroker, Operator
+
+FLEET = "lab"  # the fleet the edge tests' devices belong to
 
 
 def write_agent_config(
@@ -171,3 +176,52 @@ def eventually(predicate: Callable[[], Any], *, timeout: float = 30.0, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.05)
+
+
+def start_agent(
+    agents: list[AgentProcess],
+    broker: MosquittoBroker,
+    tmp_path: Path,
+    device: str,
+    key: KeyPair,
+    **options: Any,
+) -> AgentProcess:
+    """An agent process for ``device`` of :data:`FLEET`, trusting ``key``."""
+    config = write_agent_config(
+        tmp_path / device, broker, fleet=FLEET, device=device, trusted=[key.public], **options
+    )
+    return spawn(agents, config, name=device)
+
+
+def reported_topic(device: str) -> str:
+    return device_topics(FLEET, device).reported
+
+
+def deploy(
+    op: Operator,
+    devices: list[str],
+    artifact: Path,
+    files_server: FileServer,
+    deployment_id: str,
+    **settings: Any,
+) -> None:
+    """Publish (retained) a desired document for ``artifact``, served by ``files_server``."""
+    replica = publish(artifact, files_server.root, files_server.base_url)
+    doc = desired_doc(artifact, [replica], deployment_id=deployment_id, **settings)
+    for device in devices:
+        op.publish(device_topics(FLEET, device).desired, doc, retain=True).wait_for_publish(10)
+
+
+def on_version(version: str, deployment_id: str | None = None) -> Callable[[dict[str, Any]], bool]:
+    def check(doc: dict[str, Any]) -> bool:
+        return (
+            doc["phase"] == "SUCCEEDED"
+            and (doc.get("current") or {}).get("version") == version
+            and (deployment_id is None or doc["deploymentId"] == deployment_id)
+        )
+
+    return check
+
+
+def phase_is(phase: str, deployment_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda doc: doc["phase"] == phase and doc["deploymentId"] == deployment_id
