@@ -5,8 +5,11 @@ with ``fedge-client enroll`` against ``serve``, the coordinator's enrollment end
 registers the holder's public key with the SuperLink. ``list`` and ``audit`` show the registry
 (``-o table|wide|json|yaml``, documents in fedge.output_schemas), ``revoke`` unregisters a
 holder's node at once (the SuperLink keeps running), ``rotate`` issues a token that replaces an
-active holder's key, and ``sync`` re-registers the keys a restarted SuperLink forgot. The
-SuperLink must run with ``--enable-supernode-auth``.
+active holder's key, and ``sync`` makes the SuperLink's node list agree with the registry both
+ways (it re-registers the keys a restarted SuperLink forgot, and reports, or with
+``--unregister-unknown`` removes, nodes that no data holder has). The SuperLink must run with
+``--enable-supernode-auth``, on loopback behind the Fleet API proxy (``fedge proxy``), so that
+only the operator reaches its Control API.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fedge.cli import Column, OutputFormat, OutputOption, emit, out
-from fedge.errors import UsageError
+from fedge.errors import FederationError, UsageError
 from fedge.output import document
 
 if TYPE_CHECKING:
@@ -276,21 +279,47 @@ def audit(
 
 @enroll_app.command("sync")
 def sync(
-    superlink: Annotated[str, typer.Option("--superlink", help="The SuperLink's HOST:PORT.")],
+    superlink: Annotated[
+        str, typer.Option("--superlink", help="The SuperLink's HOST:PORT (its loopback port).")
+    ],
     ca: CaOption,
     *,
     workdir: WorkdirOption = DEFAULT_WORKDIR,
+    unregister_unknown: Annotated[
+        bool,
+        typer.Option(
+            "--unregister-unknown",
+            help="Also unregister nodes the SuperLink admits that no data holder has.",
+        ),
+    ] = False,
 ) -> None:
-    """Make the SuperLink's node list match the registry (after a SuperLink restart)."""
+    """Make the SuperLink's node list match the registry, both ways (audited).
+
+    Registers the keys of active holders the SuperLink forgot (after a restart), unregisters
+    revoked holders' nodes, and reports nodes that no data holder has (registered behind
+    fedge's back); --unregister-unknown removes those. Exit 1 while anything still disagrees.
+    """
     from server.enrollment.registry import Registry
-    from server.enrollment.service import reconcile
+    from server.enrollment.service import sync_nodes
 
     control = _control(workdir, superlink, ca)
     assert control is not None  # noqa: S101 - superlink is given
-    changes = reconcile(Registry.in_workdir(workdir), control, actor=_actor())
-    for line in changes:
+    report = sync_nodes(
+        Registry.in_workdir(workdir),
+        control,
+        actor=_actor(),
+        unregister_unknown=unregister_unknown,
+    )
+    for line in report.changes:
         out.print(line, markup=False)
-    out.print(f"{len(changes)} change(s); the SuperLink agrees with the registry")
+    for line in report.problems:
+        out.print(f"problem: {line}", markup=False)
+    if not report.agrees:
+        raise FederationError(
+            f"{len(report.changes)} change(s), {len(report.problems)} problem(s) left: the "
+            "SuperLink does not agree with the registry (see fedge enroll audit)"
+        )
+    out.print(f"{len(report.changes)} change(s); the SuperLink agrees with the registry")
 
 
 @enroll_app.command("serve")
@@ -306,7 +335,8 @@ def serve(
     advertise: Annotated[
         str | None,
         typer.Option(
-            "--advertise", help="SuperLink HOST:PORT that data holders dial (default --superlink)."
+            "--advertise",
+            help="HOST:PORT that data holders dial: the Fleet API proxy (default --superlink).",
         ),
     ] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
@@ -319,7 +349,7 @@ def serve(
     """Run the HTTPS enrollment endpoint until Ctrl-C."""
     from fedge.tls import CertPaths
     from server.enrollment.registry import Registry
-    from server.enrollment.service import Enroller, EnrollmentServer, reconcile
+    from server.enrollment.service import Enroller, EnrollmentServer, sync_nodes
 
     paths = CertPaths.in_directory(certs)
     ca_pem = _read_ca(paths.ca_cert)
@@ -332,8 +362,11 @@ def serve(
     control = _control(workdir, superlink, paths.ca_cert)
     assert control is not None  # noqa: S101 - superlink is given
     registry = Registry.in_workdir(workdir)
-    for line in reconcile(registry, control, actor="enroll-service (start)"):
+    report = sync_nodes(registry, control, actor="enroll-service (start)")
+    for line in report.changes:
         out.print(f"sync: {line}", markup=False)
+    for line in report.problems:
+        out.print(f"sync: problem: {line}", markup=False)
     enroller = Enroller(
         registry,
         control,

@@ -422,6 +422,30 @@ class Registry:
             self._audit(db, actor=actor, action="holder.revoked", subject=name, detail=detail)
         return holder
 
+    def claims_in_flight(self, *, within: float) -> list[str]:
+        """Holders whose token was claimed in the last ``within`` seconds and not yet recorded.
+
+        Between a claim and :meth:`activate` (or :meth:`release`) the enrollment service has
+        registered, or is registering, a key the registry does not name yet: ``fedge enroll
+        sync`` must not take that node for an unknown one.
+        """
+        since = self.clock() - within
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT DISTINCT holders.name FROM tokens JOIN holders USING (name) "
+                "WHERE tokens.used_at IS NOT NULL AND tokens.used_at >= ? "
+                "AND holders.updated_at < tokens.used_at AND holders.state != 'revoked' "
+                "ORDER BY holders.name",
+                (since,),
+            ).fetchall()
+        return [row["name"] for row in rows]
+
+    def record(self, action: str, subject: str, *, actor: str, detail: str = "") -> None:
+        """Append one audit row that changes no holder (what ``fedge enroll sync`` found or did
+        on the SuperLink: an unknown node, a key it would not take back)."""
+        with self._write() as db:
+            self._audit(db, actor=actor, action=action, subject=subject, detail=detail)
+
     def set_node_id(self, name: str, node_id: int, *, actor: str, detail: str) -> None:
         """Record a new node id for an active holder's unchanged key (``fedge enroll sync``)."""
         with self._write() as db:

@@ -9,6 +9,9 @@ Control API client (``flwr supernode register``), which is what ``flower-superli
 --enable-supernode-auth`` admits SuperNodes by. ``fedge enroll revoke`` unregisters a node the same
 way (``flwr supernode unregister``): the SuperLink checks every Fleet API call against its node
 list, so a revoked SuperNode is turned away on its next call, without restarting anything.
+``fedge enroll sync`` (:func:`sync_nodes`) reconciles the two lists both ways. The Control API
+asks for no credential, so the SuperLink listens on loopback, where only the operator reaches
+it, and SuperNodes come in through the Fleet API proxy (server/federation/fleet_proxy.py).
 
 The endpoint is HTTPS with the federation's server certificate (the SuperLink's), on the standard
 library's HTTP server: three routes, JSON in and out. ``GET /v1/ca`` hands out the CA certificate
@@ -22,19 +25,23 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import os
+import socket
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+from fedge.bounded import InputError, load_json
 from fedge.enroll_token import CA_PATH, ENROLL_PATH, ca_fingerprint
 from fedge.errors import FederationError, FedgeError, UsageError
 from fedge.logs import get_logger
@@ -62,14 +69,20 @@ __all__ = [
     "EnrollmentServer",
     "NodeControl",
     "SuperLinkControl",
+    "SyncReport",
+    "UnknownNode",
     "reconcile",
     "revoke_holder",
+    "sync_nodes",
 ]
 
 log = get_logger(__name__)
 
 MAX_BODY = 64 * 1024
 UNREGISTERED = "unregistered"
+# How long a claimed token may stay unrecorded before sync takes its node for an unknown one:
+# the enrollment's `flwr` commands time out well before this.
+IN_FLIGHT = 300.0
 
 
 # ------------------------------------------------------------------------ the SuperLink side
@@ -160,33 +173,138 @@ def revoke_holder(
     return registry.revoke(name, actor=actor, reason=reason)  # refuses a second revocation
 
 
-def reconcile(registry: Registry, control: NodeControl, *, actor: str) -> list[str]:
-    """Make the SuperLink's node list agree with the registry; one line per change made.
+@dataclass(frozen=True)
+class UnknownNode:
+    """A node the SuperLink admits that no data holder in the registry has."""
 
-    An active holder whose node the SuperLink lost (a SuperLink restarted on an in-memory
-    database forgets every node) has its unchanged key registered again; a revoked holder whose
-    node the SuperLink still admits is unregistered.
+    node_id: int
+    status: str
+
+
+@dataclass
+class SyncReport:
+    """What :func:`sync_nodes` changed on the SuperLink, and what still disagrees."""
+
+    changes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    unknown: list[UnknownNode] = field(default_factory=list)
+
+    @property
+    def agrees(self) -> bool:
+        return not self.problems
+
+
+def _refusal_hint(name: str, reason: str) -> str:
+    if "already in use" in reason:
+        return (
+            "the SuperLink keeps the key of a node that was unregistered outside fedge and "
+            f"never takes it again: `fedge enroll rotate {name}` gives the holder a new key "
+            f"(or, if it was being revoked, run `fedge enroll revoke {name}` again)"
+        )
+    return "run `fedge enroll sync` again once the SuperLink answers"
+
+
+def sync_nodes(
+    registry: Registry,
+    control: NodeControl,
+    *,
+    actor: str,
+    unregister_unknown: bool = False,
+) -> SyncReport:
+    """Make the SuperLink's node list agree with the registry, both ways; every action audited.
+
+    From the registry to the SuperLink: an active holder whose node the SuperLink no longer
+    admits (a SuperLink restarted on an in-memory database forgets every node) has its
+    unchanged key registered again; a revoked holder whose node is still admitted is
+    unregistered. A key the SuperLink refuses is a problem, reported and audited, and the other
+    holders are still synced.
+
+    From the SuperLink to the registry: a node the SuperLink admits that no holder has (someone
+    used the Control API behind fedge's back) is reported and audited as ``node.unknown``; with
+    ``unregister_unknown`` it is unregistered (``node.unregistered-unknown``), unless an
+    enrollment is between registering its key and recording it (then it is left alone and
+    reported, and the next sync decides).
     """
     nodes = control.nodes()
-    changes: list[str] = []
-    for holder in registry.holders():
-        admitted = holder.node_id is not None and nodes.get(holder.node_id, UNREGISTERED) not in (
-            UNREGISTERED,
-        )
-        if holder.state == "revoked" and admitted and holder.node_id is not None:
-            control.unregister(holder.node_id)
-            changes.append(f"{holder.name}: revoked, unregistered node {holder.node_id}")
+    holders = registry.holders()
+    report = SyncReport()
+    for holder in holders:
+        node_id = holder.node_id
+        admitted = node_id is not None and nodes.get(node_id, UNREGISTERED) != UNREGISTERED
+        if holder.state == "revoked" and admitted and node_id is not None:
+            control.unregister(node_id)
+            registry.record(
+                "node.unregistered",
+                holder.name,
+                actor=actor,
+                detail=f"revoked holder's node {node_id} was still admitted",
+            )
+            report.changes.append(f"{holder.name}: revoked, unregistered node {node_id}")
         elif holder.state == "active" and not admitted and holder.public_key:
             key = parse_node_public_key(holder.public_key)
-            node_id = control.register(key, name=holder.name)
+            try:
+                new_id = control.register(key, name=holder.name)
+            except FederationError as exc:
+                registry.record(
+                    "holder.reregister-failed",
+                    holder.name,
+                    actor=actor,
+                    detail=f"key {key.fingerprint}: {exc}",
+                )
+                report.problems.append(
+                    f"{holder.name}: the SuperLink refused key {key.fingerprint} ({exc}); "
+                    + _refusal_hint(holder.name, str(exc))
+                )
+                continue
             registry.set_node_id(
                 holder.name,
-                node_id,
+                new_id,
                 actor=actor,
-                detail=f"key {key.fingerprint}: node {holder.node_id} -> {node_id}",
+                detail=f"key {key.fingerprint}: node {node_id} -> {new_id}",
             )
-            changes.append(f"{holder.name}: registered key {key.fingerprint} as node {node_id}")
-    return changes
+            report.changes.append(
+                f"{holder.name}: registered key {key.fingerprint} as node {new_id}"
+            )
+    known = {holder.node_id for holder in holders if holder.node_id is not None}
+    strangers = sorted(
+        (node_id, status)
+        for node_id, status in nodes.items()
+        if status != UNREGISTERED and node_id not in known
+    )
+    in_flight = registry.claims_in_flight(within=IN_FLIGHT) if strangers else []
+    for node_id, status in strangers:
+        subject = f"node {node_id}"
+        if unregister_unknown and not in_flight:
+            control.unregister(node_id)
+            registry.record(
+                "node.unregistered-unknown",
+                subject,
+                actor=actor,
+                detail=f"was {status}; no data holder in the registry has this node",
+            )
+            report.changes.append(f"node {node_id}: unknown to the registry, unregistered")
+            continue
+        detail = f"{status} at the SuperLink; no data holder in the registry has this node"
+        if in_flight:
+            detail += f"; enrollment in progress: {', '.join(in_flight)}"
+        registry.record("node.unknown", subject, actor=actor, detail=detail)
+        report.unknown.append(UnknownNode(node_id, status))
+        advice = (
+            f"left alone while {', '.join(in_flight)} enroll(s); run sync again"
+            if unregister_unknown
+            else "`fedge enroll sync --unregister-unknown` removes it"
+        )
+        report.problems.append(
+            f"node {node_id}: {status} at the SuperLink but no data holder in the registry has "
+            f"it (not enrolled through fedge); {advice}"
+        )
+    return report
+
+
+def reconcile(registry: Registry, control: NodeControl, *, actor: str) -> list[str]:
+    """:func:`sync_nodes` without unregistering unknown nodes: its changes, then its problems."""
+    report = sync_nodes(registry, control, actor=actor)
+    return [*report.changes, *report.problems]
 
 
 # --------------------------------------------------------------------------------- enrolling
@@ -284,6 +402,21 @@ class Enroller:
 
 
 # ------------------------------------------------------------------------------- the server
+#
+# Bounded like every fedge endpoint: a listen backlog of BACKLOG, at most MAX_HANDLERS
+# connections served at once (more wait in the backlog), a deadline of READ_TIMEOUT for each
+# request (request line, headers and body together, TLS handshake included), a body cap. Every
+# answer is JSON; every refusal closes the connection, and a refusal that leaves a body unread
+# drains it for at most LINGER seconds first, so the client reads the answer, not a reset.
+
+MAX_JSON_DEPTH = 8
+BACKLOG = 128
+MAX_HANDLERS = 32
+SLOT_WAIT = 1.0  # a connection waits this long for a free handler, then is dropped
+READ_TIMEOUT = 10.0
+WRITE_TIMEOUT = 10.0
+LINGER = 1.0
+_DRAIN_CAP = 4 * MAX_BODY
 
 _STATUS: list[tuple[type[Exception], HTTPStatus]] = [
     (TokenError, HTTPStatus.FORBIDDEN),
@@ -308,62 +441,199 @@ def _error_answer(exc: Exception) -> tuple[HTTPStatus, dict[str, str]]:
     }
 
 
+class _Refused(Exception):  # noqa: N818 - an answer, not a failure
+    """A request answered with an error before anything was done with it."""
+
+    def __init__(self, status: HTTPStatus, message: str, *, unread: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.unread = unread  # the body (or some of it) is still on the connection
+
+
+def _not_text(value: Any) -> str | None:
+    """The first field (``name`` or ``a.b[2]``) holding a string that is not UTF-8-encodable
+    (a lone surrogate from a ``\\ud800`` escape), or None."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return where or "body"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                name = f"{where}.{key}" if where else str(key)
+                if _not_text(key) is not None:
+                    return where or "body"
+                stack.append((name, child))
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{index}]", child) for index, child in enumerate(item))
+    return None
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = BACKLOG
     enroller: Enroller
     tls: ssl.SSLContext
 
+    def __init__(self, address: tuple[str, int], handler: type[_Handler]) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_HANDLERS)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(timeout=SLOT_WAIT):
+            log.warning(
+                "enrollment: %d connections in progress; dropped one from %s",
+                MAX_HANDLERS,
+                client_address[0],
+            )
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that gives up during the TLS handshake is not the server's problem.
+        # A client that gives up (a TLS handshake, a timeout, a reset) is not the server's problem.
         log.debug("connection from %s failed", client_address, exc_info=True)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Reads from the connection, each read bounded by what is left of the handler's deadline
+    (so a client sending a byte every few seconds cannot hold a handler past it)."""
+
+    def __init__(self, sock: socket.socket, handler: _Handler) -> None:
+        super().__init__()
+        self._sock = sock
+        self._handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
-    timeout = 30
+    timeout = READ_TIMEOUT
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.0"  # answer a malformed request line with headers too
+    deadline = 0.0
+    _unread = False
+    _expects_continue = False
 
     def setup(self) -> None:
         # TLS in the worker thread, so that a slow handshake never stalls the accept loop.
-        self.request.settimeout(self.timeout)
+        self.deadline = time.monotonic() + READ_TIMEOUT
+        self.request.settimeout(READ_TIMEOUT)
         self.request = self.server.tls.wrap_socket(self.request, server_side=True)
         super().setup()
+        self.rfile.close()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self))
+
+    def handle_one_request(self) -> None:
+        self.deadline = time.monotonic() + READ_TIMEOUT  # an idle keep-alive counts too
+        self._expects_continue = False
+        super().handle_one_request()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        """Half-close (the client reads the answer, then end of stream), drop what it still
+        sends if a body was left unread, and close."""
+        sock = self.connection
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)  # an SSLSocket drops its TLS state here
+        if self._unread:
+            end, drained = time.monotonic() + LINGER, 0
+            while drained < _DRAIN_CAP and (left := end - time.monotonic()) > 0:
+                try:
+                    sock.settimeout(left)
+                    chunk = sock.recv(65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                drained += len(chunk)
+        sock.close()
+
+    def handle_expect_100(self) -> bool:
+        self._expects_continue = True  # sent once the body is known to be acceptable
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.info("%s %s", self.address_string(), format % args)
+        # ascii(): a request line is the client's text, control characters included
+        log.info("%s %s", self.address_string(), ascii(format % args)[1:-1])
+
+    def log_error(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), ascii(format % args)[1:-1])
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (bad request line, headers too long or too
+        many, unknown method), in JSON like the rest."""
+        status = HTTPStatus(code)
+        self._unread = True  # whatever the request carried is still on the connection
+        self._answer(
+            status,
+            {"error": status.phrase.lower().replace(" ", "-"), "message": message or status.phrase},
+        )
 
     def _answer(self, status: HTTPStatus, payload: Mapping[str, Any]) -> None:
         data = json.dumps(payload).encode("utf-8")
+        self.connection.settimeout(WRITE_TIMEOUT)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
+        if status >= HTTPStatus.BAD_REQUEST or self.close_connection:
+            self.send_header("Connection", "close")  # also sets close_connection
         self.end_headers()
         self.wfile.write(data)
 
+    def _refuse(self, refused: _Refused) -> None:
+        self._unread = self._unread or refused.unread
+        error = "too-large" if refused.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE else None
+        error = error or refused.status.phrase.lower().replace(" ", "-")
+        self._answer(refused.status, {"error": error, "message": refused.message})
+
     def do_GET(self) -> None:
+        if self.headers.get("Content-Length", "0").strip() != "0" or self.headers.get(
+            "Transfer-Encoding"
+        ):
+            self._unread = True
+            self.close_connection = True
         if self.path != CA_PATH:
             self._answer(HTTPStatus.NOT_FOUND, {"error": "not-found", "message": self.path})
             return
         self._answer(HTTPStatus.OK, {"ca_cert": self.server.enroller.ca_cert})
 
     def do_POST(self) -> None:
-        if self.path not in (ENROLL_PATH, STATUS_PATH):
-            self._answer(HTTPStatus.NOT_FOUND, {"error": "not-found", "message": self.path})
-            return
         try:
-            length = int(self.headers.get("Content-Length", ""))
-            if not 0 < length <= MAX_BODY:
-                raise ValueError(length)
-            body = json.loads(self.rfile.read(length))
-            if not isinstance(body, dict):
-                raise TypeError(type(body).__name__)
-        except (ValueError, TypeError):
-            self.close_connection = True
-            self._answer(
-                HTTPStatus.BAD_REQUEST,
-                {"error": "bad-request", "message": f"expected a JSON object of <= {MAX_BODY} B"},
-            )
+            if self.path not in (ENROLL_PATH, STATUS_PATH):
+                raise _Refused(HTTPStatus.NOT_FOUND, self.path, unread=True)
+            body = self._body()
+        except _Refused as refused:
+            self._refuse(refused)
             return
         try:
             enroller = self.server.enroller
@@ -376,6 +646,47 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(status, payload)
             return
         self._answer(HTTPStatus.OK, answer)
+
+    def _body(self) -> dict[str, Any]:
+        """The request's JSON object, read only once its length is known to be acceptable."""
+        if self.headers.get("Transfer-Encoding") is not None:
+            raise _Refused(
+                HTTPStatus.LENGTH_REQUIRED,
+                "send the body with a Content-Length (Transfer-Encoding is not accepted)",
+                unread=True,
+            )
+        raw = (self.headers.get("Content-Length") or "").strip()
+        if not raw:
+            raise _Refused(HTTPStatus.LENGTH_REQUIRED, "a POST needs a Content-Length", unread=True)
+        if not (raw.isascii() and raw.isdigit()):
+            raise _Refused(HTTPStatus.BAD_REQUEST, "Content-Length is not a number", unread=True)
+        length = int(raw) if len(raw) <= 15 else MAX_BODY + 1
+        if length > MAX_BODY:
+            raise _Refused(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"the body is {length} bytes, over the {MAX_BODY}-byte limit",
+                unread=True,
+            )
+        if self._expects_continue:
+            self.send_response_only(HTTPStatus.CONTINUE)
+            self.end_headers()
+        data = self.rfile.read(length)  # TimeoutError past the deadline: handled by the stdlib
+        if len(data) < length:
+            raise _Refused(HTTPStatus.BAD_REQUEST, "the body ended before its Content-Length")
+        try:
+            body = load_json(
+                data, source="request body", max_depth=MAX_JSON_DEPTH, allow_constants=False
+            )
+        except InputError as exc:
+            raise _Refused(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        if not isinstance(body, dict):
+            raise _Refused(HTTPStatus.BAD_REQUEST, f"expected a JSON object of <= {MAX_BODY} B")
+        field_name = _not_text(body)
+        if field_name is not None:
+            raise _Refused(
+                HTTPStatus.BAD_REQUEST, f"{field_name}: not Unicode text (a lone surrogate)"
+            )
+        return body
 
 
 class EnrollmentServer:
