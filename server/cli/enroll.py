@@ -148,10 +148,6 @@ def rotate(
     _show_token(issued, coordinator)
 
 
-def _iso(epoch: float) -> str:
-    return datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC).isoformat()
-
-
 HOLDER_COLUMNS = (
     Column("name", lambda h: h["name"]),
     Column("state", lambda h: h["state"]),
@@ -179,26 +175,13 @@ def list_holders(
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
     """List data holders; with --superlink also each node's status at the SuperLink."""
+    from server.enrollment.listing import holder_items
     from server.enrollment.registry import Registry
 
     holders = Registry.in_workdir(workdir).holders()
     control = _control(workdir, superlink, ca)
     nodes = control.nodes() if control is not None else None
-    items = [
-        {
-            "name": holder.name,
-            "state": holder.state,
-            "fingerprint": holder.fingerprint,
-            "publicKey": holder.public_key,
-            "nodeId": holder.node_id,
-            "atSuperLink": None
-            if nodes is None or holder.node_id is None
-            else nodes.get(holder.node_id),
-            "createdAt": _iso(holder.created_at),
-            "updatedAt": _iso(holder.updated_at),
-        }
-        for holder in holders
-    ]
+    items = holder_items(holders, nodes)
     columns = list(HOLDER_COLUMNS)
     if nodes is not None:
         columns.insert(4, AT_SUPERLINK)
@@ -254,20 +237,12 @@ def audit(
     from server.enrollment.registry import Registry
 
     registry = Registry.in_workdir(workdir)
+    from server.enrollment.listing import audit_items
+
     entries = registry.audit(subject=name, limit=limit)
     if name is not None and not entries and name not in {h.name for h in registry.holders()}:
         raise UsageError(f"--name {name}: no data holder of that name (see fedge enroll list)")
-    items = [
-        {
-            "seq": entry.seq,
-            "at": _iso(entry.at),
-            "action": entry.action,
-            "subject": entry.subject,
-            "detail": entry.detail,
-            "actor": entry.actor,
-        }
-        for entry in entries
-    ]
+    items = audit_items(entries)
     emit(
         document("AuditLog", items, workdir=str(workdir), name=name),
         output,

@@ -26,7 +26,7 @@ from fedge.errors import EdgeError, UsageError
 from fedge.output import document
 
 if TYPE_CHECKING:
-    from server.fleet.controller import BrokerEndpoint, DeviceRecord
+    from server.fleet.controller import BrokerEndpoint
     from server.fleet.progress import ProgressEvent, RolloutDocument
     from server.fleet.rollout_reader import RolloutReader
 
@@ -59,7 +59,6 @@ WatchOption = Annotated[
     bool, typer.Option("--watch", "-w", help="Keep showing changes until Ctrl-C.")
 ]
 T = TypeVar("T")
-STALE_AFTER = 15.0  # a running rollout's controller writes its document at least every 5 s
 
 
 def _broker(
@@ -111,10 +110,6 @@ def _when(value: str | None, now: datetime) -> str:
 
 
 # -- fedge fleet status -----------------------------------------------------------------------
-
-
-def _device_rows(records: dict[str, DeviceRecord]) -> list[dict[str, Any]]:
-    return [records[name].row() for name in sorted(records)]
 
 
 def _ms(value: Any) -> str:
@@ -186,6 +181,7 @@ def fleet_status(
     reported in exits 2.
     """
     from server.fleet.controller import FleetClient
+    from server.fleet.listing import device_items
 
     fmt = output_format(output, as_json)
     settings = _broker(broker, ca, username, password_file, no_tls)
@@ -194,7 +190,7 @@ def fleet_status(
         records = connection.snapshot()
         if not records:
             raise UsageError(f"--fleet {fleet}: no device of this fleet has reported to the broker")
-        _print_fleet(_device_rows(records), fleet, fmt, legacy_json=as_json, watch=watch)
+        _print_fleet(device_items(records), fleet, fmt, legacy_json=as_json, watch=watch)
         if not watch:
             return
         try:
@@ -202,7 +198,7 @@ def fleet_status(
                 deadline = time.monotonic() + interval
                 connection.wait_for_change(interval)
                 time.sleep(max(0.0, deadline - time.monotonic()))
-                rows = _device_rows(connection.snapshot())
+                rows = device_items(connection.snapshot())
                 _print_fleet(rows, fleet, fmt, legacy_json=as_json, watch=True)
         except KeyboardInterrupt:
             return  # Ctrl-C is how a watch ends
@@ -371,13 +367,6 @@ def _rollout_columns(now: datetime) -> list[Column]:
     ]
 
 
-def _item(doc: RolloutDocument, now: datetime) -> dict[str, Any]:
-    item: dict[str, Any] = doc.model_dump(mode="json", by_alias=True, exclude={"schema_version"})
-    item["stateText"] = doc.state_text(now, stale_after=STALE_AFTER)
-    item["succeeded"] = doc.succeeded_devices()
-    return item
-
-
 def _select(
     documents: list[RolloutDocument], fleet: str | None, deployment: str | None
 ) -> list[RolloutDocument]:
@@ -395,12 +384,14 @@ def _select(
 def _follow(reader: RolloutReader, doc: RolloutDocument, fmt: OutputFormat) -> None:
     """Print a rollout's progress lines (its history, then each new one) until it ends; with
     ``-o json`` one document per line, each time the controller writes it."""
+    from server.fleet.listing import STALE_AFTER, rollout_item
+
     printed, shown, warned = 0, None, False
     if not fmt.is_document:
         out.print(f"rollout {doc.deployment_id} (fleet {doc.fleet}): {doc.artifact} {doc.version}")
     while True:
         if fmt.is_document and doc.updated_at != shown:
-            out.file.write(json.dumps(_item(doc, _now())) + "\n")
+            out.file.write(json.dumps(rollout_item(doc, _now())) + "\n")
             out.file.flush()
             shown = doc.updated_at
         elif not fmt.is_document:
@@ -456,6 +447,7 @@ def deploy_status(
     Works from any terminal with the operator's broker account, whether the rollout runs in a
     `fedge deploy` in the foreground or detached. An unknown --fleet or --deployment exits 2.
     """
+    from server.fleet.listing import rollout_item
     from server.fleet.rollout_reader import RolloutReader
 
     fmt = output_format(output)
@@ -472,7 +464,7 @@ def deploy_status(
                 err.print("stopped watching; the rollout goes on")
             return
     now = _now()
-    items = [_item(doc, now) for doc in chosen]
+    items = [rollout_item(doc, now) for doc in chosen]
     emit(
         document("RolloutList", items, fleet=fleet),
         fmt,

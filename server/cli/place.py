@@ -332,39 +332,14 @@ def status(
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
     """Show the recorded placement of every version (reads --state only)."""
+    from cloud_adapters.placement.listing import placement_items
     from cloud_adapters.placement.state import PlacementState
 
     if not state.is_file():
         raise UsageError(f"--state {state}: no placement state yet (run fedge place apply)")
     name = _manifest(artifact).name if artifact is not None else None
     with PlacementState(state) as store:
-        items = [
-            {
-                "artifact": record.artifact,
-                "version": record.version,
-                "health": record.health,
-                "deployed": record.deployed,
-                "detail": record.detail,
-                "policy": record.policy,
-                "created": record.created,
-                "updated": record.updated,
-                "sizeBytes": record.size_bytes,
-                "manifestDigest": record.manifest_digest,
-                "preferred": list(record.preferred),
-                "actual": list(record.actual),
-                "replicas": [
-                    {
-                        "target": replica.target,
-                        "provider": replica.provider,
-                        "container": replica.container,
-                        "status": replica.status,
-                        "updated": replica.updated,
-                    }
-                    for replica in store.replicas(record.artifact, record.version)
-                ],
-            }
-            for record in store.versions(name)
-        ]
+        items = placement_items(store, name)
     if name is not None and not items:
         raise UsageError(f"--artifact {artifact}: {name} has no placed version in {state}")
     emit(
