@@ -12,6 +12,7 @@ from server.cli import (
     artifact,
     broker,
     certs,
+    console,
     demo,
     enroll,
     export,
@@ -46,6 +47,7 @@ for group in (
     train,
     certs,
     report,
+    console,
     demo,
 ):
     group.register(app)

@@ -61,7 +61,7 @@ WatchOption = Annotated[
 T = TypeVar("T")
 
 
-def _broker(
+def broker_endpoint(
     address: str, ca: Path | None, username: str | None, password_file: Path | None, no_tls: bool
 ) -> BrokerEndpoint:
     from policies.rules import is_loopback_host
@@ -184,7 +184,7 @@ def fleet_status(
     from server.fleet.listing import device_items
 
     fmt = output_format(output, as_json)
-    settings = _broker(broker, ca, username, password_file, no_tls)
+    settings = broker_endpoint(broker, ca, username, password_file, no_tls)
     with FleetClient(settings, fleet) as connection:
         time.sleep(1.0)  # retained messages arrive right after the subscription
         records = connection.snapshot()
@@ -296,7 +296,7 @@ def deploy(
     except InputError as exc:
         raise UsageError(f"--urls {exc}") from exc
     desired = desired_for_artifact(artifact, replica_urls, deployment_id=deployment_id)
-    settings = _broker(broker, ca, username, password_file, no_tls)
+    settings = broker_endpoint(broker, ca, username, password_file, no_tls)
     chosen = [d.strip() for d in devices.split(",") if d.strip()] if devices else None
     out.print(f"deploying {desired.artifact} {desired.version} as {desired.deployment_id}")
     if detach:
@@ -451,7 +451,7 @@ def deploy_status(
     from server.fleet.rollout_reader import RolloutReader
 
     fmt = output_format(output)
-    settings = _broker(broker, ca, username, password_file, no_tls)
+    settings = broker_endpoint(broker, ca, username, password_file, no_tls)
     with RolloutReader(settings, fleet) as reader:
         time.sleep(1.0)  # retained messages arrive right after the subscription
         chosen = _select(reader.documents(), fleet, deployment)

@@ -1,0 +1,403 @@
+// The fedge console page: one client of the console's JSON API (/api/openapi.json).
+// No inline script (the Content-Security-Policy forbids it), no HTML built from data: every
+// value is set with textContent. Views re-fetch when the event stream names them.
+"use strict";
+
+const state = { csrf: null, view: "overview", arg: null, charts: [], source: null };
+
+// -- helpers ------------------------------------------------------------------------------------
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null) continue;
+    if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function fmt(value, digits = 3) {
+  if (value === null || value === undefined) return "–";
+  if (typeof value === "number") return Number.isInteger(value) ? String(value) : value.toFixed(digits);
+  return String(value);
+}
+
+function ago(iso) {
+  if (!iso) return "–";
+  const seconds = Math.max(0, Math.round((Date.now() - new Date(iso).getTime()) / 1000));
+  return `${seconds} s ago`;
+}
+
+async function api(path, options = {}) {
+  const headers = { Accept: "application/json", ...(options.headers || {}) };
+  if (options.body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    headers["X-CSRF-Token"] = state.csrf || "";
+  }
+  const response = await fetch(path, {
+    method: options.method || "GET",
+    headers,
+    body: options.body === undefined ? undefined : JSON.stringify(options.body),
+    credentials: "same-origin",
+  });
+  if (response.status === 401) {
+    window.location.assign("/login");
+    throw new Error("not logged in");
+  }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error || body.detail || `HTTP ${response.status}`);
+  return body;
+}
+
+function table(columns, rows, empty) {
+  if (!rows.length) return el("p", { class: "empty" }, empty);
+  return el(
+    "table",
+    {},
+    el("thead", {}, el("tr", {}, columns.map(([title]) => el("th", {}, title)))),
+    el("tbody", {}, rows.map((row) => el("tr", {}, columns.map(([, cell]) => el("td", {}, cell(row)))))),
+  );
+}
+
+function tile(label, value, note) {
+  return el("div", { class: "tile" }, el("span", { class: "label" }, label), el("strong", {}, value), note ? el("small", {}, note) : null);
+}
+
+// A line chart of series over x; draws into a canvas inside `holder`.
+function chart(holder, title, x, series, { yLabel = "", width = 520, height = 220 } = {}) {
+  const palette = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#be185d"];
+  const box = el("figure", { class: "chart", "data-chart": title }, el("figcaption", {}, title));
+  holder.append(box);
+  if (!x.length) {
+    box.append(el("p", { class: "empty" }, "no data yet"));
+    return;
+  }
+  const options = {
+    width,
+    height,
+    scales: { x: { time: false } },
+    axes: [{ label: "round" }, { label: yLabel }],
+    series: [{ label: "round" }, ...series.map((s, i) => ({ label: s.label, stroke: s.color || palette[i % palette.length], width: 2, dash: s.dash, points: { show: true } }))],
+  };
+  state.charts.push(new uPlot(options, [x, ...series.map((s) => s.values)], box));
+}
+
+function confirmAction(text, fields = []) {
+  const dialog = document.getElementById("confirm");
+  document.getElementById("confirm-text").textContent = text;
+  const holder = document.getElementById("confirm-fields");
+  holder.replaceChildren(...fields.map(([name, label, value]) => el("label", {}, label, el("input", { name, value: value || "" }))));
+  dialog.showModal();
+  return new Promise((resolve) => {
+    dialog.addEventListener(
+      "close",
+      () => {
+        if (dialog.returnValue !== "ok") return resolve(null);
+        const values = {};
+        for (const input of holder.querySelectorAll("input")) values[input.name] = input.value;
+        resolve(values);
+      },
+      { once: true },
+    );
+  });
+}
+
+function notice(message, kind = "info") {
+  const box = el("div", { class: `notice ${kind}`, role: "status" }, message);
+  document.getElementById("view").prepend(box);
+  return box;
+}
+
+async function act(path, body, done) {
+  try {
+    const result = await api(path, { method: "POST", body: { ...body, confirm: true } });
+    done(result);
+  } catch (error) {
+    notice(error.message, "error");
+  }
+}
+
+// -- views --------------------------------------------------------------------------------------
+
+const views = {
+  async overview(view) {
+    const doc = await api("/api/overview");
+    const devices = doc.devices;
+    view.append(
+      el("h2", {}, "Overview"),
+      el(
+        "div",
+        { class: "tiles" },
+        tile("Runs", doc.runs.length, doc.runs.filter((r) => r.state === "running").length + " running"),
+        tile("Holders", doc.holders.total, Object.entries(doc.holders.byState).map(([k, v]) => `${v} ${k}`).join(", ")),
+        tile("Devices online", `${devices.online}/${devices.total}`, devices.fleet ? `fleet ${devices.fleet}` : "no broker"),
+        tile("Healthy replicas", `${doc.replicas.healthy}/${doc.replicas.total}`, `${doc.replicas.versions} version(s)`),
+      ),
+      el("h3", {}, "Alerts"),
+      doc.alerts.length
+        ? el("ul", { class: "alerts" }, doc.alerts.map((a) => el("li", { class: a.level }, el("a", { href: `#/${a.view}` }, a.text))))
+        : el("p", { class: "empty" }, "no alerts"),
+      el("h3", {}, "Runs"),
+      runTable(doc.runs),
+    );
+    const latest = doc.runs[doc.runs.length - 1];
+    if (latest) {
+      const run = await api(`/api/runs/${encodeURIComponent(latest.name)}`);
+      const charts = el("div", { class: "charts" });
+      view.append(charts);
+      chart(charts, `accuracy: ${latest.name}`, run.rounds.map((r) => r.round), [{ label: "eval accuracy", values: run.rounds.map((r) => r.eval_accuracy) }], { yLabel: "accuracy" });
+    }
+  },
+
+  async runs(view, name) {
+    if (name) return views.run(view, name);
+    const doc = await api("/api/runs");
+    view.append(el("h2", {}, "Runs"), runTable(doc.items));
+  },
+
+  async run(view, name) {
+    const doc = await api(`/api/runs/${encodeURIComponent(name)}`);
+    const s = doc.summary;
+    const rounds = doc.rounds;
+    const x = rounds.map((r) => r.round);
+    view.append(
+      el("h2", {}, `Run ${s.name}`),
+      el("p", {}, `state ${s.state}; round ${fmt(s.round)} of ${fmt(s.rounds)}; `, el("span", { id: "round-count" }, `${rounds.length} round(s) recorded`)),
+      el("div", { class: "actions" }, el("button", { type: "button", onclick: () => stopRun(s.name) }, "Stop run")),
+    );
+    const charts = el("div", { class: "charts" });
+    view.append(charts);
+    chart(charts, "accuracy", x, [{ label: "eval accuracy", values: rounds.map((r) => r.eval_accuracy) }], { yLabel: "accuracy" });
+    chart(charts, "loss", x, [
+      { label: "train loss", values: rounds.map((r) => r.train_loss) },
+      { label: "eval loss", values: rounds.map((r) => r.eval_loss) },
+    ], { yLabel: "loss" });
+    const holders = Object.keys(doc.epsilonPerHolder).sort();
+    const series = holders.map((h) => ({ label: h, values: rounds.map((r) => (r.epsilon || {})[h] ?? null) }));
+    if (doc.budget) series.push({ label: "budget", values: x.map(() => doc.budget.epsilon), color: "#6b7280", dash: [6, 4] });
+    chart(charts, "epsilon per holder", x, series, { yLabel: "epsilon" });
+    view.append(
+      el("h3", {}, "Rounds"),
+      table(
+        [
+          ["round", (r) => r.round],
+          ["status", (r) => r.status],
+          ["replied", (r) => (r.clients || []).length],
+          ["declined", (r) => Object.entries(r.declined || {}).map(([h, why]) => `${h}: ${why}`).join("; ") || "–"],
+          ["failed", (r) => (r.failed || []).join(", ") || "–"],
+          ["accuracy", (r) => fmt(r.eval_accuracy)],
+          ["train loss", (r) => fmt(r.train_loss)],
+          ["sent", (r) => fmt(r.bytes_sent)],
+          ["received", (r) => fmt(r.bytes_received)],
+          ["seconds", (r) => fmt(r.seconds, 1)],
+        ],
+        rounds,
+        "no round finished yet",
+      ),
+    );
+  },
+
+  async holders(view) {
+    const [holders, audit] = await Promise.all([api("/api/holders"), api("/api/audit?limit=100")]);
+    view.append(
+      el("h2", {}, "Data holders"),
+      el("div", { class: "actions" }, el("button", { type: "button", id: "issue-token", onclick: issueToken }, "Issue enrollment token")),
+      table(
+        [
+          ["name", (h) => h.name],
+          ["state", (h) => h.state],
+          ["node", (h) => fmt(h.nodeId)],
+          ["epsilon spent", (h) => fmt(h.epsilonSpent)],
+          ["key", (h) => h.fingerprint || "–"],
+          ["since", (h) => h.updatedAt],
+          ["", (h) => (h.state === "revoked" ? "" : el("button", { type: "button", class: "danger", "data-revoke": h.name, onclick: () => revoke(h.name) }, "Revoke"))],
+        ],
+        holders.items,
+        "no data holder enrolled yet",
+      ),
+      el("h3", {}, "Audit log"),
+      table(
+        [
+          ["seq", (e) => e.seq],
+          ["at", (e) => e.at],
+          ["action", (e) => e.action],
+          ["subject", (e) => e.subject],
+          ["detail", (e) => e.detail || "–"],
+          ["actor", (e) => e.actor],
+        ],
+        audit.items.slice().reverse(),
+        "nothing audited yet",
+      ),
+    );
+  },
+
+  async placement(view) {
+    const doc = await api("/api/placement");
+    view.append(el("h2", {}, "Placement"));
+    if (!doc.items.length) view.append(el("p", { class: "empty" }, "no artifact placed yet"));
+    for (const v of doc.items) {
+      view.append(
+        el("h3", {}, `${v.artifact} ${v.version}`),
+        el("p", {}, `health ${v.health}; ${v.deployed ? "deployed" : "not deployed"}; ${fmt(v.sizeBytes)} bytes; policy ${v.policy || "–"}`),
+        table(
+          [
+            ["target", (r) => r.target],
+            ["provider", (r) => r.provider],
+            ["container", (r) => r.container],
+            ["state", (r) => r.status],
+            ["preferred", (r) => (v.preferred.includes(r.target) ? "yes" : "no")],
+            ["updated", (r) => r.updated],
+          ],
+          v.replicas,
+          "no replica",
+        ),
+      );
+    }
+  },
+
+  async fleet(view) {
+    const [devices, rollouts] = await Promise.all([api("/api/fleet"), api("/api/rollouts")]);
+    view.append(
+      el("h2", {}, `Fleet ${devices.fleet || ""}`),
+      el("div", { class: "actions" }, el("button", { type: "button", id: "start-rollout", onclick: startRollout }, "Start rollout")),
+      table(
+        [
+          ["device", (d) => d.device],
+          ["online", (d) => (d.online ? "yes" : "no")],
+          ["desired", (d) => d.desired || "–"],
+          ["reported", (d) => d.reported || "–"],
+          ["phase", (d) => el("span", { class: "phase", "data-device": d.device }, d.phase || "–")],
+          ["p50 ms", (d) => fmt(d.p50Ms, 1)],
+          ["p95 ms", (d) => fmt(d.p95Ms, 1)],
+          ["errors", (d) => fmt(d.errorRate)],
+          ["last seen", (d) => ago(d.lastSeen)],
+          ["", (d) => el("button", { type: "button", onclick: () => rollback(d.device) }, "Roll back")],
+        ],
+        devices.items,
+        "no device has reported yet",
+      ),
+    );
+    const charts = el("div", { class: "charts" });
+    view.append(charts);
+    const withLatency = devices.items.filter((d) => d.p95Ms !== null);
+    chart(charts, "latency by device (ms)", withLatency.map((_, i) => i + 1), [
+      { label: "p50", values: withLatency.map((d) => d.p50Ms) },
+      { label: "p95", values: withLatency.map((d) => d.p95Ms) },
+    ], { yLabel: "ms" });
+    view.append(
+      el("h3", {}, "Rollouts"),
+      table(
+        [
+          ["deployment", (r) => r.deploymentId],
+          ["artifact", (r) => `${r.artifact} ${r.version}`],
+          ["stage", (r) => r.stage],
+          ["state", (r) => r.stateText],
+          ["succeeded", (r) => (r.succeeded || []).length],
+        ],
+        rollouts.items,
+        "no rollout recorded",
+      ),
+    );
+  },
+};
+
+function runTable(runs) {
+  return table(
+    [
+      ["run", (r) => el("a", { href: `#/runs/${encodeURIComponent(r.name)}` }, r.name)],
+      ["state", (r) => r.state],
+      ["round", (r) => `${fmt(r.round)}/${fmt(r.rounds)}`],
+      ["clients", (r) => fmt(r.clients)],
+      ["accuracy", (r) => fmt(r.accuracy)],
+    ],
+    runs,
+    "no run in this folder yet",
+  );
+}
+
+// -- actions ------------------------------------------------------------------------------------
+
+async function issueToken() {
+  const values = await confirmAction("Issue a one-time enrollment token? It is shown once.", [["name", "holder name", ""], ["expires", "valid for", "24h"]]);
+  if (!values) return;
+  await act("/api/actions/token", values, (result) => {
+    const box = notice("", "ok");
+    box.append(`token for ${result.name} (shown once): `, el("code", { id: "new-token" }, result.token), el("br"), result.command);
+  });
+}
+
+async function revoke(name) {
+  const values = await confirmAction(`Revoke data holder ${name}? Its node is unregistered from the SuperLink at once.`, [["reason", "reason (audit log)", ""]]);
+  if (!values) return;
+  await act("/api/actions/revoke", { name, reason: values.reason }, () => render());
+}
+
+async function stopRun(run) {
+  if (!(await confirmAction(`Stop run ${run} on the SuperLink?`))) return;
+  await act("/api/actions/stop-run", { run }, () => render());
+}
+
+async function rollback(device) {
+  if (!(await confirmAction(`Roll ${device} back to its previous version?`))) return;
+  await act("/api/actions/rollback", { device }, () => render());
+}
+
+async function startRollout() {
+  const values = await confirmAction("Start a rollout (paths below the console's folder):", [["artifact", "artifact folder", "artifact"], ["urls", "replica URLs", "urls.json"], ["rollout", "rollout policy", "rollout.yaml"]]);
+  if (!values) return;
+  await act("/api/actions/rollout", values, (result) => notice(`rollout ${result.deploymentId}: ${result.stage}`, "ok"));
+}
+
+// -- routing and live updates -------------------------------------------------------------------
+
+const VIEWS_OF = { overview: ["overview"], runs: ["runs"], holders: ["holders"], placement: ["placement"], fleet: ["fleet", "rollouts"] };
+
+async function render() {
+  const [, view, ...rest] = (window.location.hash || "#/overview").split("/");
+  state.view = views[view] ? view : "overview";
+  state.arg = rest.length ? decodeURIComponent(rest.join("/")) : null;
+  for (const link of document.querySelectorAll("nav a")) link.classList.toggle("active", link.dataset.view === state.view);
+  const fresh = el("div", { class: `view view-${state.view}` });
+  const old = state.charts;
+  state.charts = [];
+  try {
+    await views[state.view](fresh, state.arg);
+  } catch (error) {
+    fresh.append(el("p", { class: "error" }, error.message));
+  }
+  for (const chartObject of old) chartObject.destroy();
+  document.getElementById("view").replaceChildren(fresh);
+}
+
+function listen() {
+  const live = document.getElementById("live");
+  const source = new EventSource("/api/events");
+  state.source = source;
+  source.addEventListener("hello", () => { live.textContent = "live"; live.classList.add("on"); });
+  source.addEventListener("change", (event) => {
+    const { views: changed } = JSON.parse(event.data);
+    const wanted = VIEWS_OF[state.view] || [];
+    if (changed.some((name) => wanted.includes(name))) render();
+  });
+  source.onerror = () => { live.textContent = "reconnecting…"; live.classList.remove("on"); };
+}
+
+async function start() {
+  const session = await api("/api/session");
+  state.csrf = session.csrf;
+  document.getElementById("logout").addEventListener("click", async () => {
+    await api("/api/logout", { method: "POST", body: {} });
+    window.location.assign("/login");
+  });
+  window.addEventListener("hashchange", render);
+  await render();
+  listen();
+}
+
+start();
