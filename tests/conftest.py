@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,3 +41,19 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
         return Result(code if isinstance(code, int) else 1, captured.out, captured.err)
 
     return invoke
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """Undo what a CLI run in process did to the root logger (``fedge.logs.configure``).
+
+    Its handler writes to the stderr of the test that ran it, which pytest closes afterwards: a
+    later test's log record would then print a "--- Logging error ---" traceback.
+    """
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -1,17 +1,13 @@
-"""The coordinator's enrollment endpoint, and fedge's hands on the SuperLink's node list.
+"""The coordinator's enrollment endpoint: where a data holder's key comes in to be admitted.
 
 A data holder enrolls once, from its own machine: ``fedge-client enroll`` makes an EC key pair
 there, sends the public half with its one-time token to this endpoint, and gets back what it needs
 to join (the CA certificate, the SuperLink's address, the federation's public HE context when the
-federation uses one). The endpoint checks the token against the registry
-(server/enrollment/registry.py) and registers the key with the SuperLink through Flower's own
-Control API client (``flwr supernode register``), which is what ``flower-superlink
---enable-supernode-auth`` admits SuperNodes by. ``fedge enroll revoke`` unregisters a node the same
-way (``flwr supernode unregister``): the SuperLink checks every Fleet API call against its node
-list, so a revoked SuperNode is turned away on its next call, without restarting anything.
-``fedge enroll sync`` (:func:`sync_nodes`) reconciles the two lists both ways. The Control API
-asks for no credential, so the SuperLink listens on loopback, where only the operator reaches
-it, and SuperNodes come in through the Fleet API proxy (server/federation/fleet_proxy.py).
+federation uses one). The :class:`Enroller` (server/enrollment/enroller.py) checks the token
+against the registry (server/enrollment/registry.py) and registers the key with the SuperLink
+(server/enrollment/control.py); ``fedge enroll revoke`` and ``fedge enroll sync``
+(server/enrollment/sync.py) keep the SuperLink's node list and the registry in step afterwards.
+The names those modules define are re-exported here, where the commands and the demo look.
 
 The endpoint is HTTPS with the federation's server certificate (the SuperLink's), on the standard
 library's HTTP server: three routes, JSON in and out. ``GET /v1/ca`` hands out the CA certificate
@@ -23,46 +19,34 @@ coordinator still admits that key, so that ``fedge-client start`` can say it was
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import io
 import json
 import os
 import socket
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 from fedge.bounded import InputError, load_json
-from fedge.enroll_token import CA_PATH, ENROLL_PATH, ca_fingerprint
+from fedge.enroll_token import CA_PATH, ENROLL_PATH
 from fedge.errors import FederationError, FedgeError, UsageError
 from fedge.logs import get_logger
-from fedge.node_status import STATE_UNKNOWN, STATUS_PATH, verify_status_request
+from fedge.node_status import STATUS_PATH
+from server.enrollment.control import NodeControl, SuperLinkControl, revoke_holder
+from server.enrollment.enroller import Enroller
 from server.enrollment.errors import (
     DuplicateKeyError,
     DuplicateNameError,
-    EnrollmentError,
     RevokedHolderError,
     TokenError,
-    UnknownTokenError,
 )
-from server.enrollment.registry import Registry
-from server.enrollment.rules import (
-    Claim,
-    Holder,
-    NodePublicKey,
-    parse_node_public_key,
-    parse_token,
-)
-from server.federation.deployment_engine import CONNECTION, flwr_json
+from server.enrollment.sync import SyncReport, UnknownNode, reconcile, sync_nodes
 
 __all__ = [
     "Enroller",
@@ -79,327 +63,6 @@ __all__ = [
 log = get_logger(__name__)
 
 MAX_BODY = 64 * 1024
-UNREGISTERED = "unregistered"
-# How long a claimed token may stay unrecorded before sync takes its node for an unknown one:
-# the enrollment's `flwr` commands time out well before this.
-IN_FLIGHT = 300.0
-
-
-# ------------------------------------------------------------------------ the SuperLink side
-
-
-class NodeControl(Protocol):
-    """What enrollment needs from the SuperLink: add a key, drop a node, see the nodes."""
-
-    def register(self, key: NodePublicKey, *, name: str) -> int: ...
-
-    def unregister(self, node_id: int) -> None: ...
-
-    def nodes(self) -> dict[int, str]: ...
-
-
-@dataclass(frozen=True)
-class SuperLinkControl:
-    """The SuperLink's Control API through ``flwr supernode``, with a private ``FLWR_HOME``
-    written by :func:`server.federation.deployment_engine.write_flwr_home`."""
-
-    flwr_home: Path
-    flwr: str = "flwr"
-
-    def register(self, key: NodePublicKey, *, name: str) -> int:
-        """Register ``key``; the SuperLink's node id for it."""
-        with tempfile.TemporaryDirectory(prefix="fedge-enroll-") as scratch:
-            key_file = Path(scratch) / "supernode.pub"
-            key_file.write_text(f"{key.openssh} {name}\n", encoding="ascii")
-            payload, _ = flwr_json(
-                [
-                    *("supernode", "register", str(key_file), CONNECTION),
-                    *("--format", "json", "--name", name),
-                ],
-                flwr_home=self.flwr_home,
-                flwr=self.flwr,
-            )
-        try:
-            return int(str(payload["node-id"]))
-        except (KeyError, ValueError) as exc:
-            raise FederationError(f"`flwr supernode register`: no node id in {payload}") from exc
-
-    def unregister(self, node_id: int) -> None:
-        flwr_json(
-            ["supernode", "unregister", str(node_id), CONNECTION, "--format", "json"],
-            flwr_home=self.flwr_home,
-            flwr=self.flwr,
-        )
-
-    def nodes(self) -> dict[int, str]:
-        """Node id -> status (``registered``, ``online``, ``offline``, ``unregistered``)."""
-        payload, _ = flwr_json(
-            ["supernode", "ls", CONNECTION, "--format", "json"],
-            flwr_home=self.flwr_home,
-            flwr=self.flwr,
-        )
-        found: dict[int, str] = {}
-        for node in payload.get("nodes") or []:
-            if isinstance(node, dict) and str(node.get("node-id", "")).isdigit():
-                found[int(str(node["node-id"]))] = str(node.get("status", ""))
-        return found
-
-
-def _unregister_if_present(control: NodeControl, node_id: int) -> bool:
-    """Unregister ``node_id`` unless the SuperLink no longer admits it; whether it did."""
-    if control.nodes().get(node_id, UNREGISTERED) == UNREGISTERED:
-        return False
-    control.unregister(node_id)
-    return True
-
-
-def revoke_holder(
-    registry: Registry, control: NodeControl | None, name: str, *, actor: str, reason: str = ""
-) -> Holder:
-    """Unregister the holder's node from the SuperLink, then mark it revoked in the registry.
-
-    In that order, so the registry never says ``revoked`` while the SuperLink still admits the
-    key; a failure leaves both as they were, and the command can simply be run again. Without a
-    ``control`` (no SuperLink given) only a holder that never registered a node can be revoked.
-    """
-    holder = registry.holder(name)
-    if holder.state != "revoked" and holder.node_id is not None:
-        if control is None:
-            raise UsageError(
-                f"data holder {name} has SuperLink node {holder.node_id}: give --superlink "
-                "and --ca so that the node can be unregistered"
-            )
-        _unregister_if_present(control, holder.node_id)
-    return registry.revoke(name, actor=actor, reason=reason)  # refuses a second revocation
-
-
-@dataclass(frozen=True)
-class UnknownNode:
-    """A node the SuperLink admits that no data holder in the registry has."""
-
-    node_id: int
-    status: str
-
-
-@dataclass
-class SyncReport:
-    """What :func:`sync_nodes` changed on the SuperLink, and what still disagrees."""
-
-    changes: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    unknown: list[UnknownNode] = field(default_factory=list)
-
-    @property
-    def agrees(self) -> bool:
-        return not self.problems
-
-
-def _refusal_hint(name: str, reason: str) -> str:
-    if "already in use" in reason:
-        return (
-            "the SuperLink keeps the key of a node that was unregistered outside fedge and "
-            f"never takes it again: `fedge enroll rotate {name}` gives the holder a new key "
-            f"(or, if it was being revoked, run `fedge enroll revoke {name}` again)"
-        )
-    return "run `fedge enroll sync` again once the SuperLink answers"
-
-
-def sync_nodes(
-    registry: Registry,
-    control: NodeControl,
-    *,
-    actor: str,
-    unregister_unknown: bool = False,
-) -> SyncReport:
-    """Make the SuperLink's node list agree with the registry, both ways; every action audited.
-
-    From the registry to the SuperLink: an active holder whose node the SuperLink no longer
-    admits (a SuperLink restarted on an in-memory database forgets every node) has its
-    unchanged key registered again; a revoked holder whose node is still admitted is
-    unregistered. A key the SuperLink refuses is a problem, reported and audited, and the other
-    holders are still synced.
-
-    From the SuperLink to the registry: a node the SuperLink admits that no holder has (someone
-    used the Control API behind fedge's back) is reported and audited as ``node.unknown``; with
-    ``unregister_unknown`` it is unregistered (``node.unregistered-unknown``), unless an
-    enrollment is between registering its key and recording it (then it is left alone and
-    reported, and the next sync decides).
-    """
-    nodes = control.nodes()
-    holders = registry.holders()
-    report = SyncReport()
-    for holder in holders:
-        node_id = holder.node_id
-        admitted = node_id is not None and nodes.get(node_id, UNREGISTERED) != UNREGISTERED
-        if holder.state == "revoked" and admitted and node_id is not None:
-            control.unregister(node_id)
-            registry.record(
-                "node.unregistered",
-                holder.name,
-                actor=actor,
-                detail=f"revoked holder's node {node_id} was still admitted",
-            )
-            report.changes.append(f"{holder.name}: revoked, unregistered node {node_id}")
-        elif holder.state == "active" and not admitted and holder.public_key:
-            key = parse_node_public_key(holder.public_key)
-            try:
-                new_id = control.register(key, name=holder.name)
-            except FederationError as exc:
-                registry.record(
-                    "holder.reregister-failed",
-                    holder.name,
-                    actor=actor,
-                    detail=f"key {key.fingerprint}: {exc}",
-                )
-                report.problems.append(
-                    f"{holder.name}: the SuperLink refused key {key.fingerprint} ({exc}); "
-                    + _refusal_hint(holder.name, str(exc))
-                )
-                continue
-            registry.set_node_id(
-                holder.name,
-                new_id,
-                actor=actor,
-                detail=f"key {key.fingerprint}: node {node_id} -> {new_id}",
-            )
-            report.changes.append(
-                f"{holder.name}: registered key {key.fingerprint} as node {new_id}"
-            )
-    known = {holder.node_id for holder in holders if holder.node_id is not None}
-    strangers = sorted(
-        (node_id, status)
-        for node_id, status in nodes.items()
-        if status != UNREGISTERED and node_id not in known
-    )
-    in_flight = registry.claims_in_flight(within=IN_FLIGHT) if strangers else []
-    for node_id, status in strangers:
-        subject = f"node {node_id}"
-        if unregister_unknown and not in_flight:
-            control.unregister(node_id)
-            registry.record(
-                "node.unregistered-unknown",
-                subject,
-                actor=actor,
-                detail=f"was {status}; no data holder in the registry has this node",
-            )
-            report.changes.append(f"node {node_id}: unknown to the registry, unregistered")
-            continue
-        detail = f"{status} at the SuperLink; no data holder in the registry has this node"
-        if in_flight:
-            detail += f"; enrollment in progress: {', '.join(in_flight)}"
-        registry.record("node.unknown", subject, actor=actor, detail=detail)
-        report.unknown.append(UnknownNode(node_id, status))
-        advice = (
-            f"left alone while {', '.join(in_flight)} enroll(s); run sync again"
-            if unregister_unknown
-            else "`fedge enroll sync --unregister-unknown` removes it"
-        )
-        report.problems.append(
-            f"node {node_id}: {status} at the SuperLink but no data holder in the registry has "
-            f"it (not enrolled through fedge); {advice}"
-        )
-    return report
-
-
-def reconcile(registry: Registry, control: NodeControl, *, actor: str) -> list[str]:
-    """:func:`sync_nodes` without unregistering unknown nodes: its changes, then its problems."""
-    report = sync_nodes(registry, control, actor=actor)
-    return [*report.changes, *report.problems]
-
-
-# --------------------------------------------------------------------------------- enrolling
-
-
-class Enroller:
-    """Redeem a token for a registered key: the logic behind ``POST /v1/enroll``.
-
-    Requests are handled one at a time (a lock), since each drives ``flwr`` commands against the
-    one SuperLink; the registry's transactions keep a token one-time even across processes.
-    """
-
-    def __init__(
-        self,
-        registry: Registry,
-        control: NodeControl,
-        *,
-        superlink: str,
-        ca_cert: str,
-        he_public_context: bytes | None = None,
-    ) -> None:
-        self.registry = registry
-        self.control = control
-        self.superlink = superlink
-        self.ca_cert = ca_cert
-        self.ca_sha256 = ca_fingerprint(ca_cert)
-        self.he_public_context = he_public_context
-        self._lock = threading.Lock()
-
-    def enroll(self, body: Mapping[str, Any], *, peer: str) -> dict[str, Any]:
-        """Check, claim, register, record; the answer the data holder's client needs."""
-        token, public_key, name = body.get("token"), body.get("public_key"), body.get("name")
-        if not isinstance(token, str) or not isinstance(public_key, str):
-            raise UsageError("request: expected JSON with string fields token and public_key")
-        if name is not None and not isinstance(name, str):
-            raise UsageError("request: name must be a string")
-        secret, pin = parse_token(token)
-        if pin != self.ca_sha256:
-            raise UnknownTokenError(
-                "this token pins another CA certificate: it was issued by another coordinator"
-            )
-        key = parse_node_public_key(public_key)
-        actor = f"enroll-service ({peer})"
-        with self._lock:
-            claim = self.registry.claim(secret, actor=actor)
-            try:
-                if name is not None and name != claim.name:
-                    raise UnknownTokenError(
-                        f"this token is for data holder {claim.name}, not {name}"
-                    )
-                self.registry.check_key_free(claim, key.fingerprint)
-                holder = self._register(claim, key, actor=actor)
-            except BaseException as exc:
-                reason = exc.reason if isinstance(exc, EnrollmentError) else type(exc).__name__
-                self.registry.release(claim, actor=actor, reason=reason)
-                raise
-        log.info("enrolled %s: key %s, node %s", holder.name, key.fingerprint, holder.node_id)
-        return {
-            "name": holder.name,
-            "node_id": str(holder.node_id),
-            "fingerprint": key.fingerprint,
-            "superlink": self.superlink,
-            "ca_cert": self.ca_cert,
-            "he_public_context": (
-                base64.b64encode(self.he_public_context).decode("ascii")
-                if self.he_public_context is not None
-                else None
-            ),
-        }
-
-    def status(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """``POST /v1/status``: the state of the signer's own key (fedge/node_status.py).
-
-        The signature is checked before the registry is read, and the answer is about that key
-        only (its holder's name and state, or ``unknown``), so it never tells whether any other
-        name exists.
-        """
-        key = parse_node_public_key(verify_status_request(body))
-        holder = self.registry.holder_by_fingerprint(key.fingerprint)
-        if holder is None:
-            return {"state": STATE_UNKNOWN, "fingerprint": key.fingerprint}
-        return {"state": holder.state, "name": holder.name, "fingerprint": key.fingerprint}
-
-    def _register(self, claim: Claim, key: NodePublicKey, *, actor: str) -> Holder:
-        node_id = self.control.register(key, name=claim.name)
-        try:
-            if claim.purpose == "rotate" and claim.previous_node_id is not None:
-                _unregister_if_present(self.control, claim.previous_node_id)
-            return self.registry.activate(claim, key=key, node_id=node_id, actor=actor)
-        except BaseException:
-            # The new key must not stay admitted when its holder is not (or no longer) active.
-            with contextlib.suppress(FedgeError):
-                self.control.unregister(node_id)
-            raise
-
 
 # ------------------------------------------------------------------------------- the server
 #
