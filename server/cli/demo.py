@@ -34,12 +34,27 @@ def demo(
     examples: Annotated[
         int, typer.Option("--examples", min=10, help="Synthetic examples per holder.")
     ] = 200,
+    console: Annotated[
+        bool,
+        typer.Option(
+            "--console",
+            help="At the end, keep the broker and agents up and serve the console (Ctrl-C stops).",
+        ),
+    ] = False,
+    console_port: Annotated[
+        int,
+        typer.Option(
+            "--console-port", min=0, max=65535, help="The console's port on 127.0.0.1 (0: any)."
+        ),
+    ] = 8765,
 ) -> None:
     """Run the whole pipeline on embedded defaults and write report.html.
 
     Data for each holder, enrollment, federated DP fine-tuning (simulation engine), int8 export,
     signing, placement on three local "clouds" under a residency policy, a mosquitto broker with
     TLS and ACLs, two edge agents, a canary rollout, sample inferences, and the report.
+    With --console the demo then serves the operator's console over its run, and prints its
+    address and token, until Ctrl-C (exit 130) or SIGTERM (exit 0).
     """
     from server.demo.context import DemoOptions
     from server.demo.pipeline import run_demo
@@ -55,9 +70,11 @@ def demo(
         data=data,
         model=model,
         examples=examples,
+        console_port=console_port if console else None,
     )
     report = run_demo(options, out)
-    out.print(f"report: {report}")
+    if not console:  # with --console the demo printed it before serving
+        out.print(f"report: {report}")
 
 
 def register(app: typer.Typer) -> None:

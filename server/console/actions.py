@@ -72,11 +72,11 @@ class Actions:
         from server.enrollment.rules import parse_expires
 
         if self.settings.ca is None:
-            raise UsageError("the console was started without --ca: tokens pin the CA")
+            raise UsageError("the console was started without --federation-ca: tokens pin the CA")
         try:
             ca_text = read_capped_text(self.settings.ca, limit=1 << 20, what="a CA certificate")
         except InputError as exc:
-            raise UsageError(f"--ca {exc}") from exc
+            raise UsageError(f"--federation-ca {exc}") from exc
         issued = self._registry().issue_token(
             name,
             ttl=parse_expires(expires),
@@ -111,7 +111,7 @@ class Actions:
         if progress is None or not str(progress.get("flowerRun", "")).isdigit():
             raise UsageError(f"run {run}: no Flower run id recorded (was it run on a SuperLink?)")
         if self.settings.superlink is None or self.settings.ca is None:
-            raise UsageError("the console was started without --superlink and --ca")
+            raise UsageError("the console was started without --superlink and --federation-ca")
         flower_run = int(progress["flowerRun"])
         with tempfile.TemporaryDirectory(prefix="fedge-console-flwr-") as scratch:
             home = Path(scratch)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -47,6 +47,7 @@ class ConsoleState:
     origins: list[str]
     tls: bool
     interval: float = 1.0
+    closing: Callable[[], bool] = lambda: False  # the server is shutting down
 
 
 def _documented(kind: str) -> dict[int | str, dict[str, Any]]:
@@ -124,7 +125,7 @@ def _alerts(state: ConsoleState, runs: list[dict[str, Any]]) -> list[dict[str, s
 
 def build_app(state: ConsoleState) -> Any:
     """The ASGI application: FastAPI routes wrapped in the console's :class:`Guard`."""
-    hub = ChangeHub(lambda: _fingerprint(state), interval=state.interval)
+    hub = ChangeHub(lambda: _fingerprint(state), interval=state.interval, closing=state.closing)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -221,7 +222,11 @@ def _views(api: FastAPI, state: ConsoleState, hub: ChangeHub) -> None:
         return document(
             "ConsoleOverview",
             runs=runs,
-            holders={"total": len(holders), "byState": states},
+            holders={
+                "total": len(holders),
+                "byState": states,
+                "epsilonSpent": state.sources.spent_by_holder(),
+            },
             devices={
                 "fleet": state.fleet.fleet,
                 "total": len(devices),
@@ -243,7 +248,8 @@ def _views(api: FastAPI, state: ConsoleState, hub: ChangeHub) -> None:
 
     @api.get("/api/runs/{name:path}", tags=["views"], responses=_documented("ConsoleRun"))
     async def run(name: str) -> dict[str, Any]:
-        folder = state.sources.run(name)
+        # the run at --workdir itself is named "."; a browser drops that segment from the URL
+        folder = state.sources.run(name or ".")
         if folder is None:
             raise HTTPException(status_code=404, detail=f"no run {name}")
         return state.sources.run_detail(folder)

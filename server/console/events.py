@@ -28,9 +28,18 @@ HEARTBEAT_S = 15.0
 class ChangeHub:
     """Polls ``fingerprint()`` every ``interval`` seconds and fans the changes out."""
 
-    def __init__(self, fingerprint: Callable[[], dict[str, Any]], *, interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        fingerprint: Callable[[], dict[str, Any]],
+        *,
+        interval: float = 1.0,
+        closing: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._fingerprint = fingerprint
         self.interval = interval
+        # The server is shutting down: end every stream now. uvicorn waits for open responses
+        # before the lifespan's stop, so an open page would otherwise hold it for its grace.
+        self._closing = closing
         self._subscribers: set[asyncio.Queue[set[str]]] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -43,11 +52,15 @@ class ChangeHub:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="console-changes")
 
-    async def stop(self) -> None:
+    def _end_streams(self) -> None:
         self._stopping.set()
         for queue in list(self._subscribers):
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(set())  # an empty notice ends the stream
+            while not queue.empty():  # a slow browser's full queue must still take the end
+                queue.get_nowait()
+            queue.put_nowait(set())  # an empty notice ends the stream
+
+    async def stop(self) -> None:
+        self._end_streams()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -57,6 +70,9 @@ class ChangeHub:
         last: dict[str, Any] = await asyncio.to_thread(self._fingerprint)
         while not self._stopping.is_set():
             await asyncio.sleep(self.interval)
+            if self._closing():
+                self._end_streams()
+                return
             try:
                 now = await asyncio.to_thread(self._fingerprint)
             except Exception:

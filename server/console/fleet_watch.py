@@ -96,6 +96,7 @@ class FleetWatch:
         def digest(doc: dict[str, Any]) -> str:
             for item in doc.get("items", []):
                 item.pop("stateText", None)  # counts seconds: would change every time
+                item.pop("lastSeen", None)  # moves with every telemetry message
             body = json.dumps(doc, sort_keys=True, default=str).encode()
             return hashlib.sha256(body).hexdigest()
 

@@ -40,6 +40,7 @@ def _envelope(kind: str, properties: dict[str, Any]) -> dict[str, Any]:
             **properties,
         },
         "required": ["apiVersion", "kind", *properties],
+        "additionalProperties": True,  # open: said explicitly, as the OpenAPI document says it
     }
 
 
@@ -48,7 +49,20 @@ CONSOLE_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         "ConsoleOverview",
         {
             "runs": {"type": "array", "items": _RUN_SUMMARY},
-            "holders": {"type": "object", "description": "total, and counts by state"},
+            "holders": {
+                "type": "object",
+                "description": "total, counts by state, and epsilonSpent: the highest epsilon "
+                "each holder reached in any run (holder name -> epsilon)",
+                "properties": {
+                    "total": {"type": "integer"},
+                    "byState": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "epsilonSpent": {
+                        "type": "object",
+                        "additionalProperties": {"type": "number"},
+                    },
+                },
+                "required": ["total", "byState", "epsilonSpent"],
+            },
             "devices": {"type": "object", "description": "fleet, total, online, counts by phase"},
             "replicas": {"type": "object", "description": "total, healthy, versions"},
             "alerts": {

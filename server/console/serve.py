@@ -8,10 +8,12 @@ cross the network in the clear. ``fedge certs`` makes a usable certificate and k
 from __future__ import annotations
 
 import ipaddress
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from fedge.errors import UsageError
@@ -70,6 +72,14 @@ class ConsoleSettings:
             raise UsageError(f"--workdir {self.workdir}: not a folder")
 
 
+class _TerminatedError(Exception):
+    """SIGTERM arrived (raised again by uvicorn once it has shut down)."""
+
+
+def _terminated(_signum: int, _frame: FrameType | None) -> None:
+    raise _TerminatedError
+
+
 class ConsoleServer:
     """uvicorn serving the console; :meth:`run` in the foreground, :meth:`start` in a thread."""
 
@@ -98,6 +108,7 @@ class ConsoleServer:
             origins=origins,
             tls=settings.tls,
             interval=settings.interval,
+            closing=lambda: bool(self.server.should_exit),
         )
         self.app = build_app(self.state)
         config = uvicorn.Config(
@@ -106,6 +117,7 @@ class ConsoleServer:
             port=settings.port,
             log_level="warning",
             access_log=False,
+            ws="none",  # no WebSocket route: leave the protocol (and its imports) out
             ssl_certfile=None if settings.tls_cert is None else str(settings.tls_cert),
             ssl_keyfile=None if settings.tls_key is None else str(settings.tls_key),
             timeout_graceful_shutdown=3,
@@ -144,11 +156,22 @@ class ConsoleServer:
         self.app.origins = frozenset(o.lower() for o in self.state.origins)
 
     def run(self) -> None:
-        """Serve until Ctrl-C or SIGTERM (uvicorn's own handlers), then disconnect the fleet."""
+        """Serve until Ctrl-C or SIGTERM, then disconnect the fleet.
+
+        uvicorn shuts down gracefully on either and then raises the signal again for the
+        handler that was there before: Ctrl-C becomes KeyboardInterrupt (exit 130), and SIGTERM
+        (systemd's stop) returns normally (exit 0) instead of killing the process mid-cleanup.
+        """
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _terminated) if main else None
         self.fleet.start()
         try:
             self.server.run()
+        except _TerminatedError:
+            log.info("console: stopped (SIGTERM)")
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             self.fleet.stop()
 
     def start(self, *, timeout: float = 20.0) -> ConsoleServer:

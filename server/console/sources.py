@@ -15,11 +15,13 @@ changed.
 from __future__ import annotations
 
 import json
+import threading
+import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from fedge.bounded import InputError, read_capped
 from fedge.logs import get_logger
@@ -29,6 +31,7 @@ from server.enrollment.registry import DB_FILE
 __all__ = ["RunFolder", "Sources", "discover"]
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 METRICS = "metrics.jsonl"
 PROGRESS = "flower-runs"
@@ -57,6 +60,23 @@ def _run_folders(root: Path) -> list[RunFolder]:
     return sorted(found.values(), key=lambda run: run.name)
 
 
+_QUIET_S = 600.0  # a simulated run whose metrics have not moved for this long has stopped
+
+
+def _state_from_metrics(run: RunFolder, rows: list[dict[str, Any]], planned: Any) -> str:
+    """A run without progress files (the simulation engine writes none): judged by its rounds."""
+    if not rows:
+        return "unknown"
+    last = rows[-1].get("round")
+    if isinstance(planned, int) and isinstance(last, int) and last >= planned:
+        return "finished"
+    try:
+        quiet = time.time() - (run.path / METRICS).stat().st_mtime
+    except OSError:
+        return "unknown"
+    return "running" if quiet < _QUIET_S else "stopped"
+
+
 def _first(paths: Iterator[Path] | list[Path]) -> Path | None:
     return next((path for path in paths if path.exists()), None)
 
@@ -69,6 +89,28 @@ class Sources:
     registry_dir: Path | None = None
     placement_state: Path | None = None
     extra_runs: list[Path] = field(default_factory=list)
+    # Parsed files by (what, path), kept while the file's inode, size and mtime stay the same:
+    # fifty open pages must not each re-read metrics.jsonl or re-validate the run's policy.
+    _parsed: dict[tuple[str, Path], tuple[tuple[int, int, int], Any]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    _parsed_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def _cached(self, what: str, path: Path, parse: Callable[[], T]) -> T:
+        """``parse()`` once per version of ``path`` (a missing file is parsed every time)."""
+        try:
+            info = path.stat()
+        except OSError:
+            return parse()
+        version = (info.st_ino, info.st_size, info.st_mtime_ns)
+        with self._parsed_lock:
+            hit = self._parsed.get((what, path))
+        if hit is not None and hit[0] == version:
+            return cast(T, hit[1])
+        value = parse()
+        with self._parsed_lock:
+            self._parsed[(what, path)] = (version, value)
+        return value
 
     # -- runs ----------------------------------------------------------------------------------
 
@@ -81,29 +123,11 @@ class Sources:
     def run(self, name: str) -> RunFolder | None:
         return next((run for run in self.runs() if run.name == name), None)
 
-    @staticmethod
-    def rounds(run: RunFolder) -> list[dict[str, Any]]:
+    def rounds(self, run: RunFolder) -> list[dict[str, Any]]:
         """``metrics.jsonl``, one dict per round; a torn last line (a crash mid-append) is left
-        out, as the coordinator does when it resumes."""
+        out, as the coordinator does when it resumes. Shared between requests: do not modify."""
         path = run.path / METRICS
-        if not path.is_file():
-            return []
-        try:
-            text = read_capped(path, limit=_MAX_METRICS, what="metrics").decode("utf-8", "replace")
-        except InputError as exc:
-            log.warning("%s", exc)
-            return []
-        rows = []
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("round"), int):
-                rows.append(row)
-        return rows
+        return self._cached("rounds", path, lambda: _read_rounds(path))
 
     @staticmethod
     def progress(run: RunFolder) -> dict[str, Any] | None:
@@ -116,40 +140,24 @@ class Sources:
         newest = max(bodies.items(), key=lambda item: float(item[1].get("updated", 0.0)))
         return {**newest[1], "flowerRun": str(newest[0])}
 
-    @staticmethod
-    def budget(run: RunFolder) -> dict[str, Any] | None:
+    def budget(self, run: RunFolder) -> dict[str, Any] | None:
         """The policy's privacy budget, from the run's Flower app folder (its run config)."""
         path = run.path / "app" / "pyproject.toml"
-        try:
-            config = tomllib.loads(read_capped(path, limit=1 << 20).decode("utf-8"))
-            text = str(config["tool"]["flwr"]["app"]["config"]["policy"])
-        except (InputError, KeyError, TypeError, ValueError, UnicodeDecodeError):
-            return None
-        from policies import FederationPolicy, check_text, the_one
-
-        try:
-            policy = the_one(check_text(text, name=str(path)), FederationPolicy, source=str(path))
-        except Exception:  # noqa: BLE001 - a run folder fedge did not write is shown without budget
-            return None
-        privacy = policy.spec.privacy
-        return {
-            "epsilon": privacy.target_epsilon,
-            "delta": privacy.delta,
-            "rounds": policy.spec.rounds,
-            "protection": policy.spec.protection,
-        }
+        return self._cached("budget", path, lambda: _read_budget(path))
 
     def run_summary(self, run: RunFolder) -> dict[str, Any]:
         rows = self.rounds(run)
         progress = self.progress(run) or {}
         last = rows[-1] if rows else {}
-        state = progress.get("state") or ("finished" if rows else "unknown")
+        budget = self.budget(run) or {}
+        planned = progress.get("rounds") or budget.get("rounds")
+        state = progress.get("state") or _state_from_metrics(run, rows, planned)
         return {
             "name": run.name,
             "path": str(run.path),
             "state": state,
             "round": progress.get("round", last.get("round")),
-            "rounds": progress.get("rounds"),
+            "rounds": planned,
             "clients": len(last.get("clients", [])) if last else progress.get("clients"),
             "accuracy": last.get("eval_accuracy"),
             "flowerRun": progress.get("flowerRun"),
@@ -182,23 +190,25 @@ class Sources:
         return Registry.in_workdir(self.registry_dir)
 
     def holders(self) -> dict[str, Any]:
+        """``fedge enroll list -o json``'s document, field for field (its schema is closed);
+        what each holder spent is in the overview (:meth:`spent_by_holder`)."""
         from server.enrollment.listing import holder_items
 
         registry = self.registry()
         items = holder_items(registry.holders()) if registry is not None else []
-        spent = self._spent_by_holder()
-        for item in items:
-            item["epsilonSpent"] = spent.get(item["name"])
-        return document("HolderList", items, workdir=str(self.registry_dir), superlink=None)
+        return document("HolderList", items, workdir=_text(self.registry_dir), superlink=None)
 
     def audit(self, name: str | None = None, *, limit: int = 200) -> dict[str, Any]:
         from server.enrollment.listing import audit_items
 
         registry = self.registry()
         entries = registry.audit(subject=name, limit=limit) if registry is not None else []
-        return document("AuditLog", audit_items(entries), workdir=str(self.registry_dir), name=name)
+        return document(
+            "AuditLog", audit_items(entries), workdir=_text(self.registry_dir), name=name
+        )
 
-    def _spent_by_holder(self) -> dict[str, float]:
+    def spent_by_holder(self) -> dict[str, float]:
+        """The highest epsilon each holder reached in any run (the metrics' per-round values)."""
         spent: dict[str, float] = {}
         for run in self.runs():
             for row in self.rounds(run):
@@ -218,7 +228,7 @@ class Sources:
         if state is not None and state.is_file():
             with PlacementState(state) as store:
                 items = placement_items(store)
-        return document("PlacementStatus", items, state=str(state), artifact=None)
+        return document("PlacementStatus", items, state=_text(state), artifact=None)
 
     # -- change detection ----------------------------------------------------------------------
 
@@ -252,6 +262,53 @@ class Sources:
             "holders": stat(*registry, *runs),
             "placement": stat(*placement),
         }
+
+
+def _read_rounds(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    try:
+        text = read_capped(path, limit=_MAX_METRICS, what="metrics").decode("utf-8", "replace")
+    except InputError as exc:
+        log.warning("%s", exc)
+        return []
+    rows = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("round"), int):
+            rows.append(row)
+    return rows
+
+
+def _read_budget(path: Path) -> dict[str, Any] | None:
+    try:
+        config = tomllib.loads(read_capped(path, limit=1 << 20).decode("utf-8"))
+        text = str(config["tool"]["flwr"]["app"]["config"]["policy"])
+    except (InputError, KeyError, TypeError, ValueError, UnicodeDecodeError):
+        return None
+    from policies import FederationPolicy, check_text, the_one
+
+    try:
+        policy = the_one(check_text(text, name=str(path)), FederationPolicy, source=str(path))
+    except Exception:  # noqa: BLE001 - a run folder fedge did not write is shown without budget
+        return None
+    privacy = policy.spec.privacy
+    return {
+        "epsilon": privacy.target_epsilon,
+        "delta": privacy.delta,
+        "rounds": policy.spec.rounds,
+        "protection": policy.spec.protection,
+    }
+
+
+def _text(path: Path | None) -> str:
+    """A path for a listing's string field: "" when there is none (not "None")."""
+    return "" if path is None else str(path)
 
 
 def discover(

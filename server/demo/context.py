@@ -34,6 +34,7 @@ class DemoOptions:
     devices: int = 2
     soak: float = 3.0
     max_length: int = 64
+    console_port: int | None = None  # fedge demo --console: serve the console at the end
 
 
 @dataclass
@@ -52,6 +53,7 @@ class DemoContext:
         self.state = DemoState()
         self.run_dir = self.w / "run"
         self.data_dir = self.w / "data"
+        self.coordinator: str | None = None  # the enrollment endpoint, once it is up
 
     @contextlib.contextmanager
     def stage(self, name: str, detail: str = "") -> Iterator[dict[str, Any]]:

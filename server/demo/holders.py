@@ -59,6 +59,7 @@ def enroll(ctx: DemoContext) -> None:
             enroller, certfile=certs.server_cert, keyfile=certs.server_key
         ).start()
         ctx.stack.callback(server.stop)
+        ctx.coordinator = server.address
         for name in names:
             issued = registry.issue_token(name, ttl=600, ca_sha256=ca_fingerprint(ca), actor="demo")
             run_tool(

@@ -11,7 +11,8 @@ on an exit stack and stopped when it ends, on an error, or on Ctrl-C.
 This module only orders the stages; each lives beside it: holders.py (data, enrollment),
 training.py, export.py, quality.py, placement.py, fleet.py (broker, agents, rollout, inference),
 with the shared state and stage timer in context.py, the child processes in processes.py and the
-terminal printout in terminal.py. Each stage is timed and written to ``summary.json``;
+terminal printout in terminal.py; ``--console`` keeps it all up behind the operator's console
+(console.py). Each stage is timed and written to ``summary.json``;
 ``report.html`` is rendered from it and from ``metrics.jsonl`` at the end (server/report/).
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from rich.console import Console
 
 from fedge.errors import UsageError
+from server.demo.console import serve_console
 from server.demo.context import DemoContext, DemoOptions
 from server.demo.export import export
 from server.demo.fleet import run_fleet
@@ -37,7 +39,11 @@ __all__ = ["run_demo"]
 
 
 def run_demo(options: DemoOptions, console: Console) -> Path:
-    """Run every stage; returns the report's path. Stops everything it started, always."""
+    """Run every stage; returns the report's path. Stops everything it started, always.
+
+    With ``options.console_port`` the report's path is printed here and the console serves the
+    finished demo (its broker and agents still up) until Ctrl-C or SIGTERM.
+    """
     if options.protection not in ("none", "secagg", "he"):
         raise UsageError(f"--protection {options.protection!r}: expected none, secagg or he")
     if options.clients < 2:
@@ -56,6 +62,12 @@ def run_demo(options: DemoOptions, console: Console) -> Path:
         run_fleet(demo, artifact, urls)
         demo.state.notes.append(f"the demo took {time.monotonic() - started:.0f} s")
         report = _report(demo)
+        if options.console_port is not None:
+            # the console needs the broker and agents: serve it before the stack stops them
+            print_summary(console, demo)
+            console.print(f"report: {report}", markup=False)
+            serve_console(demo, console, port=options.console_port)
+            return report
     print_summary(console, demo)
     return report
 

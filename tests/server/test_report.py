@@ -6,11 +6,8 @@ with the network switched off by the page's own Content-Security-Policy and by C
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
-import shutil
 import warnings
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -38,11 +35,12 @@ from server.report.summary import (
     Stage,
     load_run_summary,
 )
+from tests.support.console import CHROMIUM_ARGS, chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
 EVIL = "<script>alert(1)</script>"
 GENERATED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 PRESIGNED = "https://eu-store.example.test:9000/fedge/model.onnx?X-Amz-Signature=deadbeef"
+__all__ = ["chromium"]  # the fixture, shared with the console's browser tests
 
 
 def _rounds() -> tuple[RoundRow, ...]:
@@ -375,31 +373,6 @@ def test_write_report_writes_the_page(page: str, tmp_path: Path) -> None:
 
 # --- in a real browser -----------------------------------------------------------------------
 
-_CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture
-def chromium() -> Path:
-    """Debian's Chromium and the Playwright driver: required under CI, skipped without it."""
-    missing = []
-    if shutil.which(str(CHROMIUM)) is None:
-        missing.append(f"{CHROMIUM} (apt-get install chromium)")
-    if importlib.util.find_spec("playwright") is None:
-        missing.append("playwright (pip install -e '.[dev]')")
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"missing: {', '.join(missing)}")
-        pytest.skip(f"missing: {', '.join(missing)}")
-    return CHROMIUM
-
 
 def test_report_renders_in_headless_chromium(chromium: Path, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
@@ -414,7 +387,7 @@ def test_report_renders_in_headless_chromium(chromium: Path, tmp_path: Path) -> 
             tmp_path / "profile",
             executable_path=str(chromium),
             headless=True,
-            args=_CHROMIUM_ARGS,
+            args=CHROMIUM_ARGS,
             viewport={"width": 1280, "height": 900},
         )
         try:

@@ -3,7 +3,7 @@
 // value is set with textContent. Views re-fetch when the event stream names them.
 "use strict";
 
-const state = { csrf: null, view: "overview", arg: null, charts: [], source: null };
+const state = { csrf: null, view: "overview", arg: null, source: null, renders: 0 };
 
 // -- helpers ------------------------------------------------------------------------------------
 
@@ -28,10 +28,28 @@ function fmt(value, digits = 3) {
   return String(value);
 }
 
+// An ISO time as "2025-01-02 03:04:05 UTC" (the full value in its tooltip).
+function when(iso) {
+  if (!iso) return "–";
+  const utc = /^(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(?:\.\d+)?(?:Z|\+00:00)$/.exec(iso);
+  return el("time", { datetime: iso, title: iso }, utc ? `${utc[1]} ${utc[2]} UTC` : iso);
+}
+
 function ago(iso) {
   if (!iso) return "–";
   const seconds = Math.max(0, Math.round((Date.now() - new Date(iso).getTime()) / 1000));
   return `${seconds} s ago`;
+}
+
+// JSON with whole numbers beyond 2^53 (SuperLink node ids are 64-bit) kept exact, as their
+// digits: a plain JSON.parse would round them and show another node's id.
+function parseJson(text) {
+  try {
+    return JSON.parse(text, (_key, value, context) =>
+      typeof value === "number" && !Number.isSafeInteger(value) && Number.isInteger(value) && context?.source ? context.source : value);
+  } catch {
+    return {};
+  }
 }
 
 async function api(path, options = {}) {
@@ -50,18 +68,20 @@ async function api(path, options = {}) {
     window.location.assign("/login");
     throw new Error("not logged in");
   }
-  const body = await response.json().catch(() => ({}));
+  const body = parseJson(await response.text());
   if (!response.ok) throw new Error(body.error || body.detail || `HTTP ${response.status}`);
   return body;
 }
 
-function table(columns, rows, empty) {
-  if (!rows.length) return el("p", { class: "empty" }, empty);
+// A table of rows; `id` names it (the page's tests find it by id), `key(row)` marks each row.
+// A column is [title, cell(row)] or [title, cell(row), "long"] for values that may break anywhere.
+function table(columns, rows, empty, { id, key } = {}) {
+  if (!rows.length) return el("p", { class: "empty", id }, empty);
   return el(
     "table",
-    {},
+    { id },
     el("thead", {}, el("tr", {}, columns.map(([title]) => el("th", {}, title)))),
-    el("tbody", {}, rows.map((row) => el("tr", {}, columns.map(([, cell]) => el("td", {}, cell(row)))))),
+    el("tbody", {}, rows.map((row) => el("tr", { "data-key": key ? key(row) : null }, columns.map(([, cell, kind]) => el("td", { class: kind }, cell(row)))))),
   );
 }
 
@@ -69,8 +89,9 @@ function tile(label, value, note) {
   return el("div", { class: "tile" }, el("span", { class: "label" }, label), el("strong", {}, value), note ? el("small", {}, note) : null);
 }
 
-// A line chart of series over x; draws into a canvas inside `holder`.
-function chart(holder, title, x, series, { yLabel = "", width = 520, height = 220 } = {}) {
+// A line chart of series over x (whole numbers: rounds, or 1..n for `names`); draws into a canvas
+// inside `holder`.
+function chart(holder, title, x, series, { xLabel = "round", names = null, yLabel = "", width = 520, height = 220 } = {}) {
   const palette = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#be185d"];
   const box = el("figure", { class: "chart", "data-chart": title }, el("figcaption", {}, title));
   holder.append(box);
@@ -78,21 +99,31 @@ function chart(holder, title, x, series, { yLabel = "", width = 520, height = 22
     box.append(el("p", { class: "empty" }, "no data yet"));
     return;
   }
+  const xAxis = { label: xLabel, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] };
+  const xSeries = { label: xLabel };
+  if (names) {
+    xAxis.values = (_u, ticks) => ticks.map((t) => names[t - 1] ?? "");
+    xSeries.value = (_u, v) => (v === null ? "--" : names[v - 1] ?? "");
+  }
   const options = {
     width,
     height,
     scales: { x: { time: false } },
-    axes: [{ label: "round" }, { label: yLabel }],
-    series: [{ label: "round" }, ...series.map((s, i) => ({ label: s.label, stroke: s.color || palette[i % palette.length], width: 2, dash: s.dash, points: { show: true } }))],
+    axes: [xAxis, { label: yLabel }],
+    series: [xSeries, ...series.map((s, i) => ({ label: s.label, stroke: s.color || palette[i % palette.length], width: 2, dash: s.dash, points: { show: true } }))],
   };
-  state.charts.push(new uPlot(options, [x, ...series.map((s) => s.values)], box));
+  box.plot = new uPlot(options, [x, ...series.map((s) => s.values)], box); // destroyed with its view
 }
 
 function confirmAction(text, fields = []) {
   const dialog = document.getElementById("confirm");
+  if (dialog.open) return Promise.resolve(null); // one question at a time
   document.getElementById("confirm-text").textContent = text;
   const holder = document.getElementById("confirm-fields");
   holder.replaceChildren(...fields.map(([name, label, value]) => el("label", {}, label, el("input", { name, value: value || "" }))));
+  // By the HTML standard, Escape closes a dialog without setting returnValue: clear the last
+  // answer first, so a dismissed question never counts as the previous one's "ok".
+  dialog.returnValue = "";
   dialog.showModal();
   return new Promise((resolve) => {
     dialog.addEventListener(
@@ -108,9 +139,12 @@ function confirmAction(text, fields = []) {
   });
 }
 
+// Notices live outside the view, which live updates replace: a one-time token or an error
+// stays until the operator dismisses it.
 function notice(message, kind = "info") {
-  const box = el("div", { class: `notice ${kind}`, role: "status" }, message);
-  document.getElementById("view").prepend(box);
+  const box = el("div", { class: `notice ${kind}`, role: kind === "error" ? "alert" : "status" });
+  box.append(el("button", { type: "button", class: "dismiss", title: "dismiss", "aria-label": "dismiss", onclick: () => box.remove() }, "×"), message);
+  document.getElementById("notices").prepend(box);
   return box;
 }
 
@@ -168,7 +202,7 @@ const views = {
     const x = rounds.map((r) => r.round);
     view.append(
       el("h2", {}, `Run ${s.name}`),
-      el("p", {}, `state ${s.state}; round ${fmt(s.round)} of ${fmt(s.rounds)}; `, el("span", { id: "round-count" }, `${rounds.length} round(s) recorded`)),
+      el("p", {}, `state ${s.state}; round ${fmt(s.round)} of ${fmt(s.rounds ?? doc.budget?.rounds)}; `, el("span", { id: "round-count", "data-rounds": rounds.length }, `${rounds.length} round(s) recorded`)),
       el("div", { class: "actions" }, el("button", { type: "button", onclick: () => stopRun(s.name) }, "Stop run")),
     );
     const charts = el("div", { class: "charts" });
@@ -199,12 +233,14 @@ const views = {
         ],
         rounds,
         "no round finished yet",
+        { id: "rounds", key: (r) => r.round },
       ),
     );
   },
 
   async holders(view) {
-    const [holders, audit] = await Promise.all([api("/api/holders"), api("/api/audit?limit=100")]);
+    const [holders, audit, overview] = await Promise.all([api("/api/holders"), api("/api/audit?limit=100"), api("/api/overview")]);
+    const spent = overview.holders.epsilonSpent || {};
     view.append(
       el("h2", {}, "Data holders"),
       el("div", { class: "actions" }, el("button", { type: "button", id: "issue-token", onclick: issueToken }, "Issue enrollment token")),
@@ -213,26 +249,28 @@ const views = {
           ["name", (h) => h.name],
           ["state", (h) => h.state],
           ["node", (h) => fmt(h.nodeId)],
-          ["epsilon spent", (h) => fmt(h.epsilonSpent)],
-          ["key", (h) => h.fingerprint || "–"],
-          ["since", (h) => h.updatedAt],
+          ["epsilon spent", (h) => fmt(spent[h.name])],
+          ["key", (h) => h.fingerprint || "–", "long"],
+          ["since", (h) => when(h.updatedAt)],
           ["", (h) => (h.state === "revoked" ? "" : el("button", { type: "button", class: "danger", "data-revoke": h.name, onclick: () => revoke(h.name) }, "Revoke"))],
         ],
         holders.items,
         "no data holder enrolled yet",
+        { id: "holders", key: (h) => h.name },
       ),
       el("h3", {}, "Audit log"),
       table(
         [
           ["seq", (e) => e.seq],
-          ["at", (e) => e.at],
+          ["at", (e) => when(e.at)],
           ["action", (e) => e.action],
           ["subject", (e) => e.subject],
-          ["detail", (e) => e.detail || "–"],
+          ["detail", (e) => e.detail || "–", "long"],
           ["actor", (e) => e.actor],
         ],
         audit.items.slice().reverse(),
         "nothing audited yet",
+        { id: "audit", key: (e) => e.seq },
       ),
     );
   },
@@ -252,10 +290,11 @@ const views = {
             ["container", (r) => r.container],
             ["state", (r) => r.status],
             ["preferred", (r) => (v.preferred.includes(r.target) ? "yes" : "no")],
-            ["updated", (r) => r.updated],
+            ["updated", (r) => when(r.updated)],
           ],
           v.replicas,
           "no replica",
+          { key: (r) => r.target },
         ),
       );
     }
@@ -281,6 +320,7 @@ const views = {
         ],
         devices.items,
         "no device has reported yet",
+        { id: "devices", key: (d) => d.device },
       ),
     );
     const charts = el("div", { class: "charts" });
@@ -289,7 +329,7 @@ const views = {
     chart(charts, "latency by device (ms)", withLatency.map((_, i) => i + 1), [
       { label: "p50", values: withLatency.map((d) => d.p50Ms) },
       { label: "p95", values: withLatency.map((d) => d.p95Ms) },
-    ], { yLabel: "ms" });
+    ], { xLabel: "device", names: withLatency.map((d) => d.device), yLabel: "ms" });
     view.append(
       el("h3", {}, "Rollouts"),
       table(
@@ -302,6 +342,7 @@ const views = {
         ],
         rollouts.items,
         "no rollout recorded",
+        { id: "rollouts", key: (r) => r.deploymentId },
       ),
     );
   },
@@ -310,7 +351,7 @@ const views = {
 function runTable(runs) {
   return table(
     [
-      ["run", (r) => el("a", { href: `#/runs/${encodeURIComponent(r.name)}` }, r.name)],
+      ["run", (r) => el("a", { href: `#/runs/${encodeURIComponent(r.name)}` }, r.name === "." ? "(this folder)" : r.name)],
       ["state", (r) => r.state],
       ["round", (r) => `${fmt(r.round)}/${fmt(r.rounds)}`],
       ["clients", (r) => fmt(r.clients)],
@@ -318,6 +359,7 @@ function runTable(runs) {
     ],
     runs,
     "no run in this folder yet",
+    { id: "runs", key: (r) => r.name },
   );
 }
 
@@ -358,39 +400,54 @@ async function startRollout() {
 
 const VIEWS_OF = { overview: ["overview"], runs: ["runs"], holders: ["holders"], placement: ["placement"], fleet: ["fleet", "rollouts"] };
 
+// Draws the view the address names. Renders can overlap (a change event while the previous one
+// still fetches): only the newest is shown, and each render's charts are destroyed with its view.
 async function render() {
   const [, view, ...rest] = (window.location.hash || "#/overview").split("/");
   state.view = views[view] ? view : "overview";
   state.arg = rest.length ? decodeURIComponent(rest.join("/")) : null;
   for (const link of document.querySelectorAll("nav a")) link.classList.toggle("active", link.dataset.view === state.view);
+  const ticket = ++state.renders;
   const fresh = el("div", { class: `view view-${state.view}` });
-  const old = state.charts;
-  state.charts = [];
   try {
     await views[state.view](fresh, state.arg);
   } catch (error) {
     fresh.append(el("p", { class: "error" }, error.message));
   }
-  for (const chartObject of old) chartObject.destroy();
-  document.getElementById("view").replaceChildren(fresh);
+  const holder = document.getElementById("view");
+  const stale = ticket !== state.renders ? fresh : holder; // a newer render won: drop this one
+  for (const figure of stale.querySelectorAll("figure.chart")) figure.plot?.destroy();
+  if (stale === holder) holder.replaceChildren(fresh);
 }
 
 function listen() {
   const live = document.getElementById("live");
   const source = new EventSource("/api/events");
   state.source = source;
-  source.addEventListener("hello", () => { live.textContent = "live"; live.classList.add("on"); });
+  let connected = false;
+  source.addEventListener("hello", () => {
+    live.textContent = "live";
+    live.classList.add("on");
+    if (connected) render(); // back after a break: whatever changed meanwhile was not announced
+    connected = true;
+  });
   source.addEventListener("change", (event) => {
     const { views: changed } = JSON.parse(event.data);
     const wanted = VIEWS_OF[state.view] || [];
     if (changed.some((name) => wanted.includes(name))) render();
   });
-  source.onerror = () => { live.textContent = "reconnecting…"; live.classList.remove("on"); };
+  source.onerror = () => {
+    live.textContent = "reconnecting…";
+    live.classList.remove("on");
+    api("/api/session").catch(() => {}); // an ended session goes back to the login page
+  };
 }
 
 async function start() {
   const session = await api("/api/session");
   state.csrf = session.csrf;
+  const dialog = document.getElementById("confirm");
+  document.getElementById("confirm-cancel").addEventListener("click", () => dialog.close("cancel"));
   document.getElementById("logout").addEventListener("click", async () => {
     await api("/api/logout", { method: "POST", body: {} });
     window.location.assign("/login");

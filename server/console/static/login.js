@@ -5,12 +5,18 @@ document.getElementById("login").addEventListener("submit", async (event) => {
   const error = document.getElementById("login-error");
   error.textContent = "";
   const token = document.getElementById("token").value.trim();
-  const response = await fetch("/api/login", {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ token }),
-    credentials: "same-origin",
-  });
+  let response;
+  try {
+    response = await fetch("/api/login", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ token }),
+      credentials: "same-origin",
+    });
+  } catch (failure) {
+    error.textContent = `the console did not answer (${failure.message})`;
+    return;
+  }
   if (response.ok) {
     window.location.assign("/#/overview");
   } else {
