@@ -7,8 +7,7 @@ values of the wrong kind, and plain noise. Each parser must answer with its own 
 channel, a LedgerError naming the ledger) or a valid object: never a traceback, never a hang.
 The examples are bounded (counts here, a timeout per test) so the tier stays in the fast suite;
 ``HYPOTHESIS_PROFILE=deep`` runs many more. The agent's and the enrollment endpoint's HTTP bodies
-are fuzzed against the real servers in tests/edge/test_agent_http_limits.py and
-tests/server/test_enrollment_http_limits.py.
+are fuzzed against the real servers in test_http_bodies.py.
 """
 
 from __future__ import annotations
