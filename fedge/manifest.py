@@ -226,7 +226,8 @@ class Manifest:
             raise
         except InputError as exc:
             raise ArtifactError(f"malformed manifest ({exc.reason})", file=MANIFEST_NAME) from exc
-        except (UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+        except (UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            # AttributeError: a field of the wrong JSON type (provenance: true), found by fuzzing
             raise ArtifactError(f"malformed manifest ({exc})", file=MANIFEST_NAME) from exc
         if doc.get("contentDigest") not in (None, manifest.content_digest):
             raise ArtifactError("contentDigest does not match the listed files", file=MANIFEST_NAME)

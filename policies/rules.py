@@ -21,6 +21,7 @@ from policies.documents import (
     PlacementPolicy,
     PolicyDocument,
 )
+from policies.federation import ROBUST_STRATEGIES
 
 __all__ = ["Finding", "check_document", "check_set", "is_loopback_host"]
 
@@ -53,12 +54,7 @@ def _federation(doc: FederationPolicy) -> Iterator[tuple[Loc, str, str]]:
             f"minimum ({clients.minimum}) exceeds perRound ({clients.per_round})",
             "a round could never gather enough replies",
         )
-    if doc.spec.protection == "he" and doc.spec.aggregation.strategy != "fedavg":
-        yield (
-            ("spec", "aggregation", "strategy"),
-            f"protection he needs strategy fedavg, not {doc.spec.aggregation.strategy}",
-            "the coordinator only adds ciphertexts; a server optimizer would need the plaintext",
-        )
+    yield from _aggregation(doc)
     training = doc.spec.training
     if training.batch_size is not None and training.max_physical_batch_size > max(
         64, training.batch_size * 4
@@ -68,6 +64,53 @@ def _federation(doc: FederationPolicy) -> Iterator[tuple[Loc, str, str]]:
             "maxPhysicalBatchSize is far above batchSize",
             "it only caps memory; keep it at or below a few times batchSize",
         )
+
+
+def _aggregation(doc: FederationPolicy) -> Iterator[tuple[Loc, str, str]]:
+    spec = doc.spec
+    agg = spec.aggregation
+    where: Loc = ("spec", "aggregation", "strategy")
+    if agg.strategy in ROBUST_STRATEGIES and spec.protection != "none":
+        yield (
+            where,
+            f"strategy {agg.strategy} cannot run with protection {spec.protection}: the "
+            "coordinator sees only the sum of updates, so a robust rule cannot look at each one",
+            "use fedavg with secagg or he, or protection none with a robust strategy",
+        )
+        return
+    if spec.protection == "he" and agg.strategy != "fedavg":
+        yield (
+            where,
+            f"protection he needs strategy fedavg, not {agg.strategy}",
+            "the coordinator only adds ciphertexts; a server optimizer would need the plaintext",
+        )
+    minimum, f = spec.clients.minimum, agg.byzantine
+    if agg.strategy == "krum" and minimum <= 2 * f + 2:
+        yield (
+            ("spec", "clients", "minimum"),
+            f"krum with byzantine {f} needs minimum above {2 * f + 2} (2f + 2), not {minimum}",
+            "Krum scores each update by its n - f - 2 nearest neighbours",
+        )
+    if agg.strategy == "bulyan" and minimum < 4 * f + 3:
+        yield (
+            ("spec", "clients", "minimum"),
+            f"bulyan with byzantine {f} needs minimum of at least {4 * f + 3} (4f + 3), "
+            f"not {minimum}",
+            "a round with fewer updates could not be aggregated",
+        )
+    if agg.krum_select is not None:
+        if agg.strategy != "krum":
+            yield (
+                ("spec", "aggregation", "krumSelect"),
+                f"krumSelect is only used with strategy krum, not {agg.strategy}",
+                "",
+            )
+        elif agg.krum_select > minimum - f:
+            yield (
+                ("spec", "aggregation", "krumSelect"),
+                f"krumSelect ({agg.krum_select}) exceeds minimum - byzantine ({minimum - f})",
+                "Multi-Krum would average in updates it cannot tell from the byzantine ones",
+            )
 
 
 def _placement(doc: PlacementPolicy) -> Iterator[tuple[Loc, str, str]]:
@@ -163,7 +206,7 @@ def _agent(doc: AgentConfig) -> Iterator[tuple[Loc, str, str]]:
         if key.startswith("ed25519:"):
             try:
                 raw = base64.b64decode(key[len("ed25519:") :], validate=True)
-            except binascii.Error:
+            except (binascii.Error, ValueError):  # ValueError: non-ASCII text (found by fuzzing)
                 raw = b""
             if len(raw) != 32:
                 yield (

@@ -32,6 +32,7 @@ from fedge.tls import CertPaths, generate_federation_certs
 from server.enrollment.registry import Registry
 from server.enrollment.service import Enroller, EnrollmentServer
 from tests.edge.test_agent_http_limits import EngineClassifier
+from tests.fuzz.test_documents import json_values
 from tests.server.test_enrollment_http_limits import NoSuperLink
 from tests.support.edge_artifacts import make_artifact
 from tests.support.http_load import Answer, exchange, request_bytes
@@ -42,21 +43,10 @@ EXAMPLES = int(os.environ.get("FEDGE_FUZZ_HTTP_EXAMPLES", "120"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
+    derandomize=os.environ.get("HYPOTHESIS_PROFILE") != "deep",
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 JSON = {"Content-Type": "application/json"}
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(10**40), max_value=10**40)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=40),
-    lambda children: (
-        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5)
-    ),
-    max_leaves=25,
-)
 
 
 @st.composite
