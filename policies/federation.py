@@ -9,6 +9,7 @@ from pydantic import Field
 from policies.common import Duration, Spec
 
 __all__ = [
+    "ROBUST_STRATEGIES",
     "AggregationSpec",
     "ClientsSpec",
     "FederationSpec",
@@ -18,7 +19,11 @@ __all__ = [
     "TrainingSpec",
 ]
 
-Strategy = Literal["fedavg", "fedadam", "fedyogi", "fedadagrad"]
+Strategy = Literal[
+    "fedavg", "fedadam", "fedyogi", "fedadagrad", "fedmedian", "fedtrimmedavg", "krum", "bulyan"
+]
+# Robust rules look at each holder's update on its own, so they need the updates in the clear.
+ROBUST_STRATEGIES: frozenset[str] = frozenset({"fedmedian", "fedtrimmedavg", "krum", "bulyan"})
 Protection = Literal["none", "secagg", "he"]
 Accountant = Literal["rdp", "prv"]
 Pooling = Literal["mean", "cls"]
@@ -53,6 +58,23 @@ class AggregationSpec(Spec):
     beta2: float = Field(default=0.99, ge=0, lt=1)
     tau: float = Field(
         default=1e-3, gt=0, description="adaptivity (epsilon of the server optimizer)"
+    )
+    trim_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        lt=0.5,
+        description="fedtrimmedavg: the share of updates cut at each end of every coordinate",
+    )
+    byzantine: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="krum, bulyan: how many holders may send arbitrary updates (f)",
+    )
+    krum_select: int | None = Field(
+        default=None,
+        ge=1,
+        description="krum: average the m best-scored updates (Multi-Krum); absent: keep one",
     )
 
 

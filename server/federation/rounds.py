@@ -45,6 +45,7 @@ from server.federation.he_round import (
     has_update,
 )
 from server.federation.metrics import MetricsLog, RoundReport
+from server.federation.outliers import flag_outliers
 from server.federation.replies import (
     client_name,
     collect_replies,
@@ -290,7 +291,21 @@ class _Run:
             return self.aggregate_encrypted(round_, arrays, accepted, report)
         if secure is not None:  # the coordinator holds only the unmasked sum
             accepted = secure.strategy_replies()
+        elif not isinstance(arrays, EncryptedGlobal):  # each update in the clear: look at each
+            report.flagged = self.outliers(round_, arrays, accepted)
         return self.aggregate_plain(round_, arrays, accepted, report)
+
+    def outliers(self, round_: int, arrays: Arrays, accepted: list[Message]) -> dict[str, str]:
+        """Holders whose update is far outside the others' (outliers.py); read before the
+        strategy runs, as FedMedian and FedTrimmedAvg consume the replies' arrays."""
+        updates = {
+            client_name(reply): to_arrays(reply.content.array_records[m.ARRAYS])
+            for reply in accepted
+        }
+        flagged = flag_outliers(arrays, updates)
+        for name, reason in flagged.items():
+            log.warning("round %d: %s flagged: %s", round_, name, reason)
+        return flagged
 
     def aggregate_plain(
         self, round_: int, arrays: Model, accepted: list[Message], report: RoundReport

@@ -31,8 +31,13 @@ def simulate(
     cpus_per_client: float = 1.0,
     gpus_per_client: float = 0.0,
     progress: Callable[[RoundReport], None] | None = None,
+    client_app: str = CLIENT_APP,
 ) -> None:
     """Run the federation with ``num_clients`` virtual clients.
+
+    ``client_app`` names the ClientApp the virtual holders load ("module:attribute"): fedge's
+    own unless a test or benchmark wraps it (tests/support/poisoning.py, say); no policy or
+    command-line flag reaches it.
 
     An exception in the ServerApp (a FederationError, say) is re-raised here by the runtime.
     """
@@ -44,7 +49,7 @@ def simulate(
         num_supernodes=num_clients,
         exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
         server_app=server_app,
-        client_app_attr=CLIENT_APP,
+        client_app_attr=client_app,
         app_dir=str(app_dir),
         is_app=True,  # makes the runtime read the run config from app_dir for the ClientApps
         backend_name="ray",

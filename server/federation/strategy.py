@@ -3,6 +3,13 @@
 Flower's own FedAvg / FedAdam / FedYogi / FedAdagrad do the arithmetic (weighted by each
 client's ``num-examples``); fedge adds what a resumable run needs around them: the server
 optimizer's moments go into every checkpoint and come back on restart.
+
+The robust rules are Flower's too: FedMedian (coordinate-wise median), FedTrimmedAvg (the
+coordinate-wise mean after cutting ``trimFraction`` at each end; both unweighted), Krum or
+Multi-Krum (the update(s) closest to their ``n - f - 2`` nearest neighbours, averaged by
+``num-examples``) and Bulyan (Multi-Krum selection, then a trimmed mean around the median).
+They keep no state between rounds, so a checkpoint needs nothing for them and resuming gives
+the same guarantee as FedAvg.
 """
 
 from __future__ import annotations
@@ -12,7 +19,17 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedYogi
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+)
 
 from policies.federation import FederationSpec
 
@@ -39,7 +56,28 @@ def make_strategy(spec: FederationSpec) -> FedAvg:
         return FedYogi(**common, **adaptive, beta_1=agg.beta1, beta_2=agg.beta2)
     if agg.strategy == "fedadagrad":
         return FedAdagrad(**common, **adaptive)
+    robust = _robust(spec, common)
+    if robust is not None:
+        return robust
     return FedAvg(**common)
+
+
+def _robust(spec: FederationSpec, common: dict[str, Any]) -> FedAvg | None:
+    """FedMedian, FedTrimmedAvg, Krum / Multi-Krum or Bulyan; None for the other strategies."""
+    agg = spec.aggregation
+    f = agg.byzantine
+    builders: dict[str, Any] = {
+        "fedmedian": lambda: FedMedian(**common),
+        "fedtrimmedavg": lambda: FedTrimmedAvg(**common, beta=agg.trim_fraction),
+        "krum": lambda: (
+            Krum(**common, num_malicious_nodes=f)
+            if agg.krum_select is None
+            else MultiKrum(**common, num_malicious_nodes=f, num_nodes_to_select=agg.krum_select)
+        ),
+        "bulyan": lambda: Bulyan(**common, num_malicious_nodes=f),
+    }
+    build = builders.get(agg.strategy)
+    return None if build is None else build()
 
 
 def strategy_state(strategy: FedAvg) -> dict[str, npt.NDArray[Any]]:

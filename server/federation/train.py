@@ -22,7 +22,7 @@ from fedge.bounded import InputError, read_capped
 from fedge.errors import FederationError, UsageError
 from fedge.he_wire import PUBLIC_CONTEXT_FILE, SECRET_CONTEXT_FILE
 from policies import FederationPolicy
-from server.federation.app_dir import write_app_dir
+from server.federation.app_dir import CLIENT_APP, write_app_dir
 from server.federation.rounds import RoundReport, RoundStarted, RunEvent, RunSettings, Waiting
 
 if TYPE_CHECKING:
@@ -122,11 +122,14 @@ def train_simulated(
     observer: Callable[[RunEvent], None] | None = None,
     cpus_per_client: float | None = None,
     verbose: bool = False,
+    client_app: str = CLIENT_APP,
 ) -> None:
     """Simulate ``num_clients`` data holders, each with its own file and state folder.
 
     By default the CPUs are shared so that every client runs at once: a client queued behind the
     others would reply after the round closed and have spent privacy on an update nobody used.
+    ``client_app`` ("module:attribute") replaces fedge's ClientApp for tests and benchmarks
+    (a holder that sends poisoned updates); ``fedge train`` never sets it.
     """
     from server.federation.simulation_engine import simulate
 
@@ -158,6 +161,7 @@ def train_simulated(
         app_dir=app_dir,
         cpus_per_client=cpus_per_client or max(0.1, min(1.0, (os.cpu_count() or 1) / num_clients)),
         progress=progress,
+        client_app=client_app,
     )
 
 
