@@ -80,8 +80,11 @@ def serve_console(ctx: DemoContext, console: Console, *, port: int) -> None:
                 "the demo's broker, agents and enrollment endpoint stay up; Ctrl-C stops all",
                 markup=False,
             )
-            while True:  # until Ctrl-C, or SIGTERM's handler, raises
-                time.sleep(3600)
+            # until Ctrl-C, or SIGTERM's handler, raises. Short naps: a signal the kernel hands
+            # to another thread (uvicorn's, paho's) only runs its Python handler once the main
+            # thread wakes, so a long sleep would leave SIGTERM waiting for it
+            while True:
+                time.sleep(0.5)
         finally:
             server.stop()
     except _TerminatedError:

@@ -446,7 +446,12 @@ class FleetProxy:
         """Block until nginx exits (Ctrl-C in ``fedge proxy run``); its exit status."""
         if self._process is None or self._process.process is None:
             raise FederationError("the Fleet API proxy was not started")
-        return self._process.process.wait()
+        process = self._process.process
+        while True:  # short waits: a signal taken by another thread runs its handler only then
+            try:
+                return process.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
 
     def __enter__(self) -> FleetProxy:
         return self if self._process is not None else self.start()
