@@ -17,6 +17,7 @@ __all__ = [
     "ModelSpec",
     "PrivacySpec",
     "TrainingSpec",
+    "UserPrivacySpec",
 ]
 
 Strategy = Literal[
@@ -27,6 +28,8 @@ ROBUST_STRATEGIES: frozenset[str] = frozenset({"fedmedian", "fedtrimmedavg", "kr
 Protection = Literal["none", "secagg", "he"]
 Accountant = Literal["rdp", "prv"]
 Pooling = Literal["mean", "cls"]
+PrivacyLevel = Literal["sample", "user", "both"]
+UserClipping = Literal["fixed", "adaptive"]
 
 
 class ModelSpec(Spec):
@@ -90,8 +93,51 @@ class TrainingSpec(Spec):
     max_physical_batch_size: int = Field(default=64, ge=1, le=4096)
 
 
+class UserPrivacySpec(Spec):
+    """User-level (central) DP: each holder's whole update of a round is clipped to
+    ``clippingNorm`` by the coordinator and Gaussian noise is added to their mean (Flower's
+    server-side DP wrappers), priced with Opacus's accountant over rounds at the holder sampling
+    rate ``perRound / population``. It bounds what the model reveals of any one holder's data
+    as a whole, which sample-level DP at each holder does not."""
+
+    clipping: UserClipping = Field(
+        default="fixed",
+        description="fixed: clip every update to clippingNorm; adaptive: start there and move "
+        "the norm each round towards targetQuantile of the updates' norms (Andrew et al. 2021)",
+    )
+    clipping_norm: float = Field(default=1.0, gt=0, le=1e6)
+    target_quantile: float = Field(
+        default=0.5, ge=0, le=1, description="adaptive: share of updates left unclipped"
+    )
+    noise_multiplier: float | None = Field(
+        default=None, gt=0, le=1e6, description="noise std over clippingNorm / minimum"
+    )
+    target_epsilon: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        description="derive noiseMultiplier with Opacus so that all rounds spend this",
+    )
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    population: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="holders in the federation, for the sampling rate perRound / population; "
+        "absent: perRound (every round sees every holder: no amplification)",
+    )
+
+
 class PrivacySpec(Spec):
-    """Each data holder's budget; enforced by the holder's own ledger, not by the coordinator."""
+    """Each data holder's budget; enforced by the holder's own ledger, not by the coordinator.
+
+    ``level`` picks what is protected: ``sample`` (each record: DP-SGD at each holder, the
+    default), ``user`` (each holder's whole contribution: clipping and noise at the
+    coordinator, configured in ``user``) or ``both``. A holder whose own policy asks for
+    ``sample`` or ``both`` keeps training with DP-SGD whatever the coordinator's level says.
+    """
+
+    level: PrivacyLevel = "sample"
 
     target_epsilon: float = Field(default=8.0, gt=0, le=100)
     delta: float = Field(default=1e-5, gt=0, lt=1)
@@ -99,6 +145,9 @@ class PrivacySpec(Spec):
     accountant: Accountant = "rdp"
     noise_multiplier: float | None = Field(
         default=None, gt=0, description="fixed noise; when absent it is derived from the budget"
+    )
+    user: UserPrivacySpec | None = Field(
+        default=None, description="level user or both: the coordinator's clipping and noise"
     )
 
 

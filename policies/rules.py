@@ -55,6 +55,7 @@ def _federation(doc: FederationPolicy) -> Iterator[tuple[Loc, str, str]]:
             "a round could never gather enough replies",
         )
     yield from _aggregation(doc)
+    yield from _user_privacy(doc)
     training = doc.spec.training
     if training.batch_size is not None and training.max_physical_batch_size > max(
         64, training.batch_size * 4
@@ -111,6 +112,56 @@ def _aggregation(doc: FederationPolicy) -> Iterator[tuple[Loc, str, str]]:
                 f"krumSelect ({agg.krum_select}) exceeds minimum - byzantine ({minimum - f})",
                 "Multi-Krum would average in updates it cannot tell from the byzantine ones",
             )
+
+
+def _user_privacy(doc: FederationPolicy) -> Iterator[tuple[Loc, str, str]]:
+    """User-level DP holds only where the coordinator clips each update and noises a mean."""
+    spec = doc.spec
+    privacy, user = spec.privacy, spec.privacy.user
+    where: Loc = ("spec", "privacy", "level")
+    if privacy.level == "sample":
+        if user is not None:
+            yield (
+                ("spec", "privacy", "user"),
+                "privacy.user is set but level is sample, so it would not be used",
+                "set level user or both, or remove privacy.user",
+            )
+        return
+    if user is None:
+        yield (
+            ("spec", "privacy", "user"),
+            f"level {privacy.level} needs privacy.user (clippingNorm and noiseMultiplier or "
+            "targetEpsilon)",
+            "",
+        )
+        return
+    if spec.protection != "none":
+        yield (
+            where,
+            f"level {privacy.level} cannot hold with protection {spec.protection}: the "
+            "coordinator sees only the sum, and user-level DP clips each holder's update",
+            "use protection none (updates stay sample-level private with level both)",
+        )
+    if spec.aggregation.strategy != "fedavg":
+        yield (
+            ("spec", "aggregation", "strategy"),
+            f"level {privacy.level} needs strategy fedavg, not {spec.aggregation.strategy}: "
+            "the noise is calibrated to a plain mean of clipped updates",
+            "",
+        )
+    located: Loc = ("spec", "privacy", "user")
+    if (user.noise_multiplier is None) == (user.target_epsilon is None):
+        yield (
+            (*located, "noiseMultiplier"),
+            "give exactly one of noiseMultiplier and targetEpsilon",
+            "noise fixes the price; a target derives the noise for all rounds",
+        )
+    if user.population is not None and user.population < spec.clients.per_round:
+        yield (
+            (*located, "population"),
+            f"population ({user.population}) is below perRound ({spec.clients.per_round})",
+            "a round cannot sample more holders than the federation has",
+        )
 
 
 def _placement(doc: PlacementPolicy) -> Iterator[tuple[Loc, str, str]]:

@@ -46,6 +46,7 @@ ALLOWED: dict[str, set[str]] = {
         "policies",
         "cloud_adapters",
         "edge_agent.protocol",
+        "edge_agent.explain",  # fedge explain runs the device's own occlusion code
         "client.contract",
         "flwr",
         "tenseal",
@@ -59,6 +60,7 @@ ALLOWED: dict[str, set[str]] = {
         "pydantic",
         "yaml",
         "matplotlib",
+        "opacus",  # pricing user-level DP (server/federation/user_dp.py)
         "fastapi",
         "starlette",
         "uvicorn",

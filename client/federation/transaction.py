@@ -205,9 +205,11 @@ def plan_for(
     ledger: PrivacyLedger,
     *,
     rounds_left: int,
+    private: bool = True,
 ) -> tuple[RoundPlan, TrainingChoice]:
     """This round's noise and steps: the coordinator's training settings (those it leaves out
-    chosen for this holder's data by client/training/plan.py), the holder's budget."""
+    chosen for this holder's data by client/training/plan.py), the holder's budget. Without
+    ``private`` (user-level DP only) the plan's noise is not used and no budget is asked."""
     training, privacy = coordinator.spec.training, own.spec.privacy
     train_data, _held = _local_data(settings, own.spec.model.num_labels)
     choice = choose_training(
@@ -227,7 +229,7 @@ def plan_for(
         target_epsilon=privacy.target_epsilon,
         delta=privacy.delta,
         accountant=privacy.accountant,
-        noise_multiplier=privacy.noise_multiplier,
+        noise_multiplier=privacy.noise_multiplier if private else 1.0,
         history=ledger.history(),
     )
     return plan, choice
@@ -321,13 +323,12 @@ def _train_only(
     own = settings.policy or coordinator
     ledger = PrivacyLedger.for_policy(settings.state_dir, own)
     # Before any re-send: an update must never leave in a weaker protection than asked for.
-    if "secagg" in (own.spec.protection, coordinator.spec.protection) and not request.masked:
-        return _decline(ledger, "the policy requires secure aggregation")
-    if own.spec.protection != coordinator.spec.protection:
-        return _decline(
-            ledger,
-            f"this holder's policy asks for protection {own.spec.protection}, the coordinator's "
-            f"run uses {coordinator.spec.protection}",
+    refusal = _protection_refusal(request, own, coordinator)
+    if refusal is not None:
+        return _decline(ledger, refusal)
+    if not sample_level(own, coordinator):
+        return _train_user_level(
+            request, settings, received, own=own, coordinator=coordinator, ledger=ledger
         )
     stored = _update_path(settings, run_id, round_)
     if ledger.charged(round=round_, run_id=run_id) is not None:
@@ -389,6 +390,68 @@ def _train_only(
     )
     metrics[m.EPSILON] = charge.epsilon_after
     return RoundReply(metrics, arrays=update)
+
+
+def _protection_refusal(
+    request: RoundRequest, own: FederationPolicy, coordinator: FederationPolicy
+) -> str | None:
+    if "secagg" in (own.spec.protection, coordinator.spec.protection) and not request.masked:
+        return "the policy requires secure aggregation"
+    if own.spec.protection != coordinator.spec.protection:
+        return (
+            f"this holder's policy asks for protection {own.spec.protection}, the coordinator's "
+            f"run uses {coordinator.spec.protection}"
+        )
+    return None
+
+
+def sample_level(own: FederationPolicy, coordinator: FederationPolicy) -> bool:
+    """DP-SGD here unless both this holder's policy and the coordinator's say level user: a
+    holder never gives up the protection of its records because the coordinator asked."""
+    return not (own.spec.privacy.level == coordinator.spec.privacy.level == "user")
+
+
+def _train_user_level(
+    request: RoundRequest,
+    settings: ClientSettings,
+    received: ReceivedModel,
+    *,
+    own: FederationPolicy,
+    coordinator: FederationPolicy,
+    ledger: PrivacyLedger,
+) -> RoundReply:
+    """Level user: plain training, no ledger charge; the coordinator clips this update and
+    noises the mean (server/federation/user_dp.py), which prices the holder's contribution."""
+    try:
+        plan, choice = plan_for(settings, own, coordinator, ledger, rounds_left=1, private=False)
+    except UsageError as exc:
+        return _decline(ledger, str(exc))
+    prepared = prepare(settings, own)
+    set_trainable(prepared.model.model, received(prepared.model))
+    result = train_round(
+        prepared.trainee,
+        prepared.train,
+        plan,
+        learning_rate=choice.learning_rate,
+        max_physical_batch_size=coordinator.spec.training.max_physical_batch_size,
+        device=pick_device(),
+        seed=settings.seed + request.round,
+        private=False,
+    )
+    spent = ledger.spent()
+    metrics: Metrics = {
+        m.NUM_EXAMPLES: result.num_examples,
+        m.TRAIN_LOSS: result.loss,
+        m.TRAIN_SECONDS: result.seconds,
+        m.EPSILON: spent,
+        m.EPSILON_ROUND: 0.0,
+        m.NOISE_MULTIPLIER: 0.0,
+        m.STEPS: plan.steps,
+        m.BATCH_SIZE: plan.batch_size,
+        m.LEARNING_RATE: choice.learning_rate,
+        m.DECLINED: 0,
+    }
+    return RoundReply(metrics, arrays=get_trainable(prepared.model.model))
 
 
 def _decline(ledger: PrivacyLedger, reason: str) -> RoundReply:

@@ -87,10 +87,11 @@ class _Progress:
         eps = max(report.epsilon.values(), default=0.0)
         of = f"/{self.rounds}" if self.rounds else ""
         failed = f", {len(report.failed)} failed" if report.failed else ""
+        user = "" if report.user_epsilon is None else f", user-level {report.user_epsilon:.2f}"
         out.print(
             f"round {report.round}{of}: {report.status}, {replied}/{expected} clients replied, "
-            f"{len(report.declined)} declined{failed}, accuracy {acc}, max epsilon {eps:.2f}, "
-            f"{report.seconds:.1f} s"
+            f"{len(report.declined)} declined{failed}, accuracy {acc}, max epsilon {eps:.2f}"
+            f"{user}, {report.seconds:.1f} s"
         )
 
 

@@ -95,6 +95,11 @@ CONSOLE_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "progress": {"type": ["object", "null"]},
             "budget": {"type": ["object", "null"]},
             "epsilonPerHolder": {"type": "object", "additionalProperties": {"type": "number"}},
+            "userEpsilon": {
+                "type": ["number", "null"],
+                "description": "privacy level user or both: the run's user-level epsilon after "
+                "its last released round (each holder's whole contribution; null: level sample)",
+            },
         },
     ),
 }

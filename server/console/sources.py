@@ -178,6 +178,9 @@ class Sources:
             progress=self.progress(run),
             budget=self.budget(run),
             epsilonPerHolder=epsilon,
+            userEpsilon=next(
+                (row["user_epsilon"] for row in reversed(rows) if row.get("user_epsilon")), None
+            ),
         )
 
     # -- holders -------------------------------------------------------------------------------

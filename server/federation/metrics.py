@@ -52,6 +52,11 @@ class RoundReport:
     secagg_error_bound: float | None = None  # protection secagg: max quantization error
     # holder -> why its update is far outside the others' (outliers.py); not excluded for it
     flagged: dict[str, str] = field(default_factory=dict)
+    # privacy level user/both (user_dp.py): the run's user-level epsilon after this round
+    user_epsilon: float | None = None
+    user_noise_multiplier: float | None = None
+    user_sample_rate: float | None = None
+    user_clipping_norm: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

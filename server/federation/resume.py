@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy.typing as npt
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import Strategy
 
 from fedge.errors import FederationError
 from fedge.logs import get_logger
@@ -41,13 +41,17 @@ def checkpoint_of(
     *,
     run_id: str,
     round_: int,
-    strategy: FedAvg,
+    strategy: Strategy,
     strategy_name: str,
     pending: RoundReport | None,
     released: bool = False,
+    user_dp: dict[str, Any] | None = None,
 ) -> Checkpoint:
-    """What round ``round_`` leaves behind; ``released``: the decrypted final model (he)."""
+    """What round ``round_`` leaves behind; ``released``: the decrypted final model (he);
+    ``user_dp``: the user-level DP history to go on from (user_dp.py)."""
     meta: dict[str, Any] = {"strategy": strategy_name}
+    if user_dp is not None:
+        meta["userDp"] = user_dp
     if pending is not None:
         meta["pending"] = pending.to_dict()
     if released:
@@ -68,7 +72,7 @@ def checkpoint_of(
 
 
 def resume(
-    checkpoint: Checkpoint, *, run_id: str, where: Path, metrics: MetricsLog, strategy: FedAvg
+    checkpoint: Checkpoint, *, run_id: str, where: Path, metrics: MetricsLog, strategy: Strategy
 ) -> Resumed:
     """Restore ``strategy`` and trim ``metrics`` to ``checkpoint``; refuse another run's."""
     if checkpoint.run_id != run_id:

@@ -62,6 +62,7 @@ from server.federation.replies import (
 )
 from server.federation.resume import Model, checkpoint_of, resume
 from server.federation.strategy import make_strategy
+from server.federation.user_dp import UserLevelDP
 
 if TYPE_CHECKING:
     from server.federation.secagg import SecAggResult
@@ -119,7 +120,10 @@ class _Run:
         self.spec = settings.policy.spec
         self.store = CheckpointStore(settings.workdir / "checkpoints")
         self.metrics = MetricsLog(settings.workdir / "metrics.jsonl")
-        self.strategy = make_strategy(self.spec)
+        self.user_dp = UserLevelDP.for_spec(self.spec)  # None: sample-level DP only
+        plain = make_strategy(self.spec)
+        self.strategy = plain if self.user_dp is None else self.user_dp.wrap(plain)
+        self.user_rate = 1.0  # level user/both: this round's holder sampling rate
         self.pending: RoundReport | None = None  # trained, its model not yet evaluated
         self.reports: list[RoundReport] = []
         self.progress: Callable[[RoundReport], None] | None = None
@@ -220,6 +224,8 @@ class _Run:
         nodes = self.wait_for_nodes(spec.clients.minimum)
         rng = random.Random(f"{self.settings.seed}:{round_}")
         sampled = sorted(rng.sample(nodes, min(spec.clients.per_round, len(nodes))))
+        if self.user_dp is not None:  # before anything is sent: refuse a round over the budget
+            self.user_rate = self.user_dp.admit(sampled=len(sampled), connected=len(nodes))
         if self.settings.observer is not None:
             self.settings.observer(RoundStarted(round_, spec.rounds, len(sampled)))
         pending = self.pending
@@ -313,11 +319,18 @@ class _Run:
         """Flower's strategy (FedAvg, FedAdam, ...) over the updates in the clear."""
         if isinstance(arrays, EncryptedGlobal):
             raise FederationError("an encrypted global model needs protection he")
-        if hasattr(self.strategy, "current_arrays"):
+        if self.user_dp is not None:
+            self.user_dp.prepare(arrays, accepted)
+        elif hasattr(self.strategy, "current_arrays"):
             self.strategy.current_arrays = {k: np.array(v) for k, v in arrays.items()}
         aggregated, train_metrics = self.strategy.aggregate_train(round_, accepted)
         if aggregated is None:
             raise FederationError(f"round {round_}: aggregation produced no model")
+        if self.user_dp is not None:  # released: charge the round to the run's user-level price
+            report.user_sample_rate = self.user_rate
+            report.user_noise_multiplier = self.user_dp.noise_multiplier
+            report.user_clipping_norm = self.user_dp.clipping_norm
+            report.user_epsilon = self.user_dp.record(self.user_rate)
         if train_metrics is not None and m.TRAIN_LOSS in train_metrics:
             report.train_loss = metric(train_metrics, m.TRAIN_LOSS)
         return to_arrays(aggregated)
@@ -379,6 +392,14 @@ class _Run:
             metrics=self.metrics,
             strategy=self.strategy,
         )
+        if self.user_dp is not None:
+            state = checkpoint.meta.get("userDp")
+            if not isinstance(state, dict):
+                raise FederationError(
+                    f"{self.store.directory}: the checkpoint has no user-level DP history; "
+                    "it was written by a run without privacy.level user or both"
+                )
+            self.user_dp.restore(state)
         self.pending, self.num_values = resumed.pending, resumed.num_values
         return resumed.next_round, resumed.model
 
@@ -424,6 +445,7 @@ class _Run:
                 strategy_name=self.spec.aggregation.strategy,
                 pending=pending,
                 released=released,
+                user_dp=None if self.user_dp is None else self.user_dp.state(),
             )
         )
 

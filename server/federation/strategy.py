@@ -29,6 +29,7 @@ from flwr.serverapp.strategy import (
     FedYogi,
     Krum,
     MultiKrum,
+    Strategy,
 )
 
 from policies.federation import FederationSpec
@@ -80,7 +81,7 @@ def _robust(spec: FederationSpec, common: dict[str, Any]) -> FedAvg | None:
     return None if build is None else build()
 
 
-def strategy_state(strategy: FedAvg) -> dict[str, npt.NDArray[Any]]:
+def strategy_state(strategy: Strategy) -> dict[str, npt.NDArray[Any]]:
     """The server optimizer's moments (empty for FedAvg), flattened for a checkpoint."""
     state: dict[str, npt.NDArray[Any]] = {}
     for moment in _MOMENTS:
@@ -89,7 +90,7 @@ def strategy_state(strategy: FedAvg) -> dict[str, npt.NDArray[Any]]:
     return state
 
 
-def restore_strategy_state(strategy: FedAvg, state: Mapping[str, npt.NDArray[Any]]) -> None:
+def restore_strategy_state(strategy: Strategy, state: Mapping[str, npt.NDArray[Any]]) -> None:
     for moment in _MOMENTS:
         prefix = f"{moment}/"
         values = {k[len(prefix) :]: np.asarray(v) for k, v in state.items() if k.startswith(prefix)}

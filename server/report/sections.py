@@ -7,6 +7,7 @@ Each section is a function of the :class:`RunSummary` alone; a section whose dat
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from server.report.markup import (
     NO_VALUE,
@@ -22,7 +23,7 @@ from server.report.markup import (
     url_host,
 )
 from server.report.plots import edge_plot, privacy_plot, traffic_plot, training_plot
-from server.report.summary import METRICS_NAME, ClientBudget, EdgeLatency, RunSummary
+from server.report.summary import METRICS_NAME, ClientBudget, EdgeLatency, RoundRow, RunSummary
 
 __all__ = ["SECTION_IDS", "render_body", "render_header"]
 
@@ -237,7 +238,24 @@ def _privacy(summary: RunSummary) -> str:
     table = html_table(
         ("client", "ε spent", "ε budget", "ε left", "used", "δ"), rows, numeric=(1, 2, 3, 4, 5)
     )
-    return card("privacy", "Privacy", lead, privacy_plot(budgets, summary.rounds) + table + note)
+    body = privacy_plot(budgets, summary.rounds) + table + note + _user_level(summary.rounds)
+    return card("privacy", "Privacy", lead, body)
+
+
+def _user_level(rounds: Sequence[RoundRow]) -> str:
+    """Level user or both: the coordinator's guarantee for each holder's whole contribution."""
+    priced = [row for row in rounds if row.user_epsilon is not None]
+    if not priced:
+        return ""
+    last = priced[-1]
+    return (
+        '<p class="user-dp">User-level DP at the coordinator: ε '
+        f"{esc(fmt_num(last.user_epsilon, 3))} for each holder's whole contribution after "
+        f"{len(priced)} released round(s) (noise multiplier "
+        f"{esc(fmt_num(last.user_noise_multiplier, 3))}, clipping norm "
+        f"{esc(fmt_num(last.user_clipping_norm, 3))}, holder sampling rate "
+        f"{esc(fmt_num(last.user_sample_rate, 3))}; priced by Opacus's accountant).</p>"
+    )
 
 
 def _traffic(summary: RunSummary) -> str:

@@ -74,6 +74,11 @@ class RoundRow:
     bytes_sent: int = 0
     bytes_received: int = 0
     seconds: float = 0.0
+    # privacy level user/both: the run's user-level epsilon after the round, and its mechanism
+    user_epsilon: float | None = None
+    user_noise_multiplier: float | None = None
+    user_sample_rate: float | None = None
+    user_clipping_norm: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

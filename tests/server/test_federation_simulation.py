@@ -25,6 +25,8 @@ from policies.federation import LoraSpec
 from server.federation.checkpoint import CheckpointStore
 from server.federation.metrics import MetricsLog
 from server.federation.train import load_plan, train_simulated
+from server.report.page import render_report
+from server.report.summary import load_run_summary
 from tests.support.federation import make_inputs, policy_text
 
 pytestmark = pytest.mark.slow
@@ -136,19 +138,18 @@ def _fedge(*args: str, log: Path) -> ManagedProcess:
     return ManagedProcess([str(exe), *args], log_path=log, name="fedge train", grace=60).start()
 
 
-def test_a_killed_coordinator_resumes_at_the_next_round(tmp_path: Path) -> None:
-    model, data = make_inputs(tmp_path, clients=2, examples=40, seed=1)
-    policy = tmp_path / "federation.yaml"
-    policy.write_text(
-        policy_text(model, name="resume-test", rounds=3, per_round=2, minimum=2, strategy="fedadam")
-    )
+def _kill_after_round_one_and_resume(
+    tmp_path: Path, policy: Path, data: Path, *, holders: int = 2
+) -> Path:
+    """Run ``fedge train`` over simulated holders, kill it after a checkpoint, start it again;
+    the work directory."""
     workdir = tmp_path / "run"
     args = (
         "train",
         "--policy",
         str(policy),
         "--simulate",
-        "2",
+        str(holders),
         "--data",
         str(data),
         "--workdir",
@@ -175,11 +176,62 @@ def test_a_killed_coordinator_resumes_at_the_next_round(tmp_path: Path) -> None:
     assert all(r["eval_accuracy"] is not None for r in records), records
     latest = CheckpointStore(workdir / "checkpoints").latest()
     assert latest is not None and latest.round == 3
-    assert any(k.startswith("m_t/") for k in latest.strategy_state), (
-        "FedAdam moments not checkpointed"
+    return workdir
+
+
+@pytest.mark.parametrize("strategy", ["fedadam", "fedtrimmedavg"])
+def test_a_killed_coordinator_resumes_at_the_next_round(tmp_path: Path, strategy: str) -> None:
+    """FedAdam keeps moments across the kill; a robust rule (stateless) resumes just the same."""
+    model, data = make_inputs(tmp_path, clients=2, examples=40, seed=1)
+    policy = tmp_path / "federation.yaml"
+    policy.write_text(
+        policy_text(model, name="resume-test", rounds=3, per_round=2, minimum=2, strategy=strategy)
     )
+    workdir = _kill_after_round_one_and_resume(tmp_path, policy, data)
+    latest = CheckpointStore(workdir / "checkpoints").latest()
+    assert latest is not None
+    moments = any(k.startswith("m_t/") for k in latest.strategy_state)
+    assert moments is (strategy == "fedadam"), latest.strategy_state.keys()
     # each client's ledger charged every round exactly once, whatever the crash
     policy_doc = load_one(policy, FederationPolicy)
     for name in ("client-0", "client-1"):
         charges = PrivacyLedger.for_policy(workdir / "clients" / name, policy_doc).charges()
         assert [c.round for c in charges] == [1, 2, 3]
+
+
+def test_user_level_dp_is_priced_by_opacus_across_a_kill(tmp_path: Path) -> None:
+    """Level user: the reported user-level epsilon after each round equals Opacus's accountant
+    for (noise, holder sampling rate, rounds), also after the coordinator was killed; holders
+    train without DP-SGD and their ledgers are not charged."""
+    model, data = make_inputs(tmp_path, clients=3, examples=30, seed=2)
+    policy = tmp_path / "federation.yaml"
+    noise, rate = 1.1, 2 / 3  # 2 holders sampled of 3 connected
+    policy.write_text(
+        policy_text(
+            model,
+            name="user-dp",
+            rounds=3,
+            per_round=2,
+            minimum=2,
+            privacy=f"level: user, user: {{clippingNorm: 0.5, noiseMultiplier: {noise}}}",
+        )
+    )
+    workdir = _kill_after_round_one_and_resume(tmp_path, policy, data, holders=3)
+    records = MetricsLog(workdir / "metrics.jsonl").read()
+    for record in records:
+        accountant = RDPAccountant()
+        for _ in range(int(record["round"])):
+            accountant.step(noise_multiplier=noise, sample_rate=rate)
+        assert record["user_epsilon"] == pytest.approx(accountant.get_epsilon(delta=1e-5))
+        assert record["user_noise_multiplier"] == noise
+        assert record["user_sample_rate"] == rate
+        assert record["user_clipping_norm"] == 0.5
+        assert set(record["epsilon"].values()) == {0.0}, record["epsilon"]
+    policy_doc = load_one(policy, FederationPolicy)
+    for name in ("client-0", "client-1", "client-2"):
+        ledger = PrivacyLedger.for_policy(workdir / "clients" / name, policy_doc)
+        assert list(ledger.charges()) == []
+    # the report states the coordinator's guarantee next to the holders' ledgers
+    html = render_report(load_run_summary(workdir))
+    final = f"{records[-1]['user_epsilon']:.3f}"
+    assert "User-level DP at the coordinator" in html and final in html

@@ -28,7 +28,9 @@ def policy_text(
     strategy: str = "fedavg",
     epsilon: float = 8.0,
     protection: str = "none",
+    privacy: str = "",
 ) -> str:
+    """``privacy``: more keys of the privacy mapping, e.g. ``level: user, user: {...}``."""
     return f"""apiVersion: fedge/v1
 kind: FederationPolicy
 metadata: {{name: {name}}}
@@ -40,6 +42,6 @@ spec:
   roundTimeout: 300
   aggregation: {{strategy: {strategy}, serverLearningRate: 0.05}}
   training: {{batchSize: 16, learningRate: 0.01}}
-  privacy: {{targetEpsilon: {epsilon}, delta: 1.0e-5}}
+  privacy: {{targetEpsilon: {epsilon}, delta: 1.0e-5{", " + privacy if privacy else ""}}}
   lora: {{rank: 4, alpha: 8}}
 """

@@ -215,6 +215,7 @@ const views = {
     const holders = Object.keys(doc.epsilonPerHolder).sort();
     const series = holders.map((h) => ({ label: h, values: rounds.map((r) => (r.epsilon || {})[h] ?? null) }));
     if (doc.budget) series.push({ label: "budget", values: x.map(() => doc.budget.epsilon), color: "#6b7280", dash: [6, 4] });
+    if (doc.userEpsilon != null) series.push({ label: "user-level (coordinator)", values: rounds.map((r) => r.user_epsilon ?? null), color: "#b45309" });
     chart(charts, "epsilon per holder", x, series, { yLabel: "epsilon" });
     view.append(
       el("h3", {}, "Rounds"),
@@ -225,6 +226,7 @@ const views = {
           ["replied", (r) => (r.clients || []).length],
           ["declined", (r) => Object.entries(r.declined || {}).map(([h, why]) => `${h}: ${why}`).join("; ") || "–"],
           ["failed", (r) => (r.failed || []).join(", ") || "–"],
+          ["flagged", (r) => Object.entries(r.flagged || {}).map(([h, why]) => `${h}: ${why}`).join("; ") || "–"],
           ["accuracy", (r) => fmt(r.eval_accuracy)],
           ["train loss", (r) => fmt(r.train_loss)],
           ["sent", (r) => fmt(r.bytes_sent)],
