@@ -19,6 +19,14 @@ _SECAGG = "server/federation/secagg.py"
 
 INTERNALS: tuple[Internal, ...] = (
     Internal(
+        "flwr.serverapp.strategy.dp_adaptive_clipping",
+        "DifferentialPrivacyServerSideAdaptiveClipping",
+        "server/federation/user_dp.py: overrides _geometric_update, which Flower feeds the "
+        "clipped share where "
+        "Andrew et al. feed the unclipped one (the norm would collapse)",
+        attributes=("_geometric_update", "_noisy_fraction"),
+    ),
+    Internal(
         "flwr.server.workflow.secure_aggregation.secaggplus_workflow",
         "pseudo_rand_gen",
         f"{_SECAGG}: installs client/contract/secagg_masks.py in place of this module global, as "

@@ -56,6 +56,20 @@ DPWrapper = (
 )
 
 
+class _AdaptiveClipping(DifferentialPrivacyServerSideAdaptiveClipping):
+    """Flower's server-side adaptive clipping with the norm moving the right way.
+
+    Flower 1.41 feeds its geometric update the noisy share of updates that were *clipped*, where
+    Andrew et al. (2021) feed the share left *unclipped*: with every update over the norm the
+    norm shrinks, clips more, and collapses towards zero (tests/server/test_user_dp.py shows
+    it). Here the same rule gets the unclipped share, so ``targetQuantile`` is the share of
+    updates left unclipped, as in the paper; the noise and its price are unchanged.
+    """
+
+    def _geometric_update(self, clipped_fraction: float) -> None:
+        super()._geometric_update(1.0 - clipped_fraction)
+
+
 @functools.cache
 def _opacus_accountant(kind: Accountant) -> Any:
     from opacus.accountants import PRVAccountant, RDPAccountant
@@ -166,12 +180,16 @@ class UserLevelDP:
         strategy.weighted_by_key = UNIT_WEIGHT
         user, minimum = self.user, self.spec.clients.minimum
         if user.clipping == "adaptive":
-            self.wrapper = DifferentialPrivacyServerSideAdaptiveClipping(
+            # The noisy count of clipped updates takes part of z; Andrew et al.'s m / 20 is too
+            # little for a federation of tens (Flower refuses it), and at least z leaves the
+            # updates' noise at most 1.155 z: the pair is still priced as z.
+            self.wrapper = _AdaptiveClipping(
                 strategy,
                 noise_multiplier=self.noise_multiplier,
                 num_sampled_clients=minimum,
                 initial_clipping_norm=user.clipping_norm,
                 target_clipped_quantile=user.target_quantile,
+                clipped_count_stddev=max(minimum / 20, self.noise_multiplier),
             )
         else:
             self.wrapper = DifferentialPrivacyServerSideFixedClipping(

@@ -11,7 +11,11 @@ import math
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, Metadata, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    FedAvg,
+    Strategy,
+)
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 from client.federation.transaction import sample_level
@@ -19,7 +23,12 @@ from fedge import messages as m
 from fedge.errors import FederationError
 from policies import FederationPolicy, check_text
 from policies.federation import FederationSpec
-from server.federation.user_dp import UserLevelDP, user_epsilon, user_noise_for_target
+from server.federation.user_dp import (
+    UNIT_WEIGHT,
+    UserLevelDP,
+    user_epsilon,
+    user_noise_for_target,
+)
 
 
 def _policy(privacy: str, *, strategy: str = "fedavg", protection: str = "none") -> str:
@@ -217,3 +226,51 @@ def test_the_history_survives_a_checkpoint() -> None:
     assert second.record(0.4) == pytest.approx(user_epsilon([(1.2, 0.4)] * 3, delta=1e-5))
     with pytest.raises(FederationError, match="unreadable user-level DP state"):
         second.restore({"history": "nonsense"})
+
+
+def _adaptive_norms(dp: UserLevelDP, strategy: Strategy, rounds: int) -> list[float]:
+    """The clipping norm after each of ``rounds`` rounds in which every update is over it."""
+    rng = np.random.default_rng(3)
+    np.random.seed(5)  # Flower's noisy count of clipped updates
+    norms = []
+    for _ in range(rounds):
+        replies = [_reply({"w": rng.normal(size=8) * 5}, examples=10) for _ in range(4)]
+        dp.prepare({"w": np.zeros(8)}, replies)
+        aggregated, _metrics = strategy.aggregate_train(1, replies)
+        assert aggregated is not None
+        norms.append(dp.clipping_norm)
+    return norms
+
+
+ADAPTIVE = (
+    "{level: user, user: {clipping: adaptive, clippingNorm: 0.1, targetQuantile: 0.5, "
+    "noiseMultiplier: 1.0, population: 10}}"
+)
+
+
+def test_adaptive_clipping_grows_a_norm_every_update_is_over() -> None:
+    """Andrew et al.: with all updates clipped the norm grows; Flower 1.41's own rule shrinks it
+    (it counts the clipped share), which user_dp.py corrects."""
+    spec = _spec(ADAPTIVE)
+    dp = UserLevelDP.for_spec(spec)
+    assert dp is not None
+    norms = _adaptive_norms(dp, dp.wrap(FedAvg()), rounds=10)
+    assert norms[-1] > 0.1 * 1.5, norms
+    assert dp.clipping_norm == norms[-1]
+    flower = UserLevelDP.for_spec(spec)
+    assert flower is not None
+    flower.wrap(FedAvg())
+    raw = DifferentialPrivacyServerSideAdaptiveClipping(
+        FedAvg(weighted_by_key=UNIT_WEIGHT),
+        noise_multiplier=1.0,
+        num_sampled_clients=3,
+        initial_clipping_norm=0.1,
+        clipped_count_stddev=1.0,
+    )
+    flower.wrapper = raw
+    assert _adaptive_norms(flower, raw, rounds=10)[-1] < 0.1, "Flower's rule was fixed upstream"
+    resumed = UserLevelDP.for_spec(spec)
+    assert resumed is not None
+    resumed.wrap(FedAvg())
+    resumed.restore(dp.state())
+    assert resumed.clipping_norm == pytest.approx(norms[-1])
