@@ -39,6 +39,7 @@ import time
 from collections.abc import Sequence
 
 from edge_agent.config import AgentSettings
+from edge_agent.explain import Explainer
 from edge_agent.folder_input import FolderInput
 from edge_agent.http_input import HttpInput
 from edge_agent.install import Installer
@@ -61,7 +62,7 @@ from edge_agent.protocol import (
     utc_now,
 )
 from edge_agent.recovery import recover
-from edge_agent.serving import Classified, NoModelError, Source
+from edge_agent.serving import Classified, Explained, NoModelError, Source
 from edge_agent.store import StateDir
 from edge_agent.telemetry import InferenceStats
 from edge_agent.worker import DeploymentWorker
@@ -142,7 +143,7 @@ class Agent:
         try:
             self.worker.resume(recover(self.state, self.installer))
             if self.settings.http_port is not None:
-                self._http = HttpInput(self, port=self.settings.http_port)
+                self._http = HttpInput(self, port=self.settings.http_port, explainer=self)
                 self._http.start()
                 self.state.write_http_port(self._http.port)
             if self.settings.input_folder is not None:
@@ -273,6 +274,20 @@ class Agent:
             version=serving.ref.version,
             predictions=predictions,
             latency_ms=latency,
+        )
+
+    def explain(self, text: str) -> Explained:
+        """Per-word attributions for the served model's answer (edge_agent/explain.py).
+
+        Not recorded in the inference statistics: an explanation is one inference per word, and
+        the telemetry's latency is what a rollout's health judges single inferences by.
+        """
+        serving = self.worker.serving
+        if serving is None:
+            raise NoModelError("no model is installed yet")
+        explanation = Explainer(serving.engine).explain(text)
+        return Explained(
+            artifact=serving.ref.name, version=serving.ref.version, explanation=explanation
         )
 
     # -- messages (paho's network thread: enqueue and return) -----------------------------------

@@ -5,6 +5,9 @@ speaks small JSON::
 
     POST /v1/classify   {"text": "..."} or {"texts": ["...", ...]} ->
                         {"artifact", "version", "latencyMs", "predictions": [...]}
+    POST /v1/explain    {"text": "..."} -> {"artifact", "version", "label", "score", "scores",
+                        "method": "occlusion", "words": [{"word", "start", "end",
+                        "attribution"}, ...], "ms"}
     GET  /v1/health     200 {"status": "ok", ...} once a model is served, else 503
     GET  /v1/status     the device's ``reported`` document
 
@@ -15,6 +18,14 @@ UTF-8 text, nested more than :data:`MAX_JSON_DEPTH` deep, or whose text cannot b
 UTF-8 (a lone surrogate such as ``"\\ud800"``), naming the field; 413 over :data:`MAX_BODY`;
 421 for a ``Host`` other than 127.0.0.1 or localhost (DNS rebinding); 503 while no model is
 installed yet, or when more requests wait than :class:`Limits` allows (with ``Retry-After``).
+
+``/v1/explain`` costs one inference per word (edge_agent/explain.py), so it has bounds of its own,
+each refusal naming its limit: 413 for a body over :data:`MAX_EXPLAIN_BODY` (16 KiB), 422 for a
+text over :data:`~edge_agent.explain.MAX_WORDS` (64) words or over the model's ``max_length``
+tokens, 503 when it runs past its deadline (:data:`~edge_agent.explain.DEADLINE_S`, 5 s), and 503
+with ``Retry-After`` while another explanation runs: one at a time, so the other workers stay free
+to classify. Explanations are not counted in the device's latency telemetry (one is many
+inferences, and the rollout's health judges single ones).
 
 Whatever the clients do, it stays within a fixed number of threads and bounded memory: the
 connections, the wire format and those bounds are edge_agent/http_server.py's and
@@ -31,31 +42,45 @@ import uuid
 from http import HTTPStatus
 from typing import Any, Final
 
+from edge_agent.explain import METHOD, DeadlineError, TooLongError
 from edge_agent.http_server import MAX_BODY, Answer, BoundedServer, Limits
 from edge_agent.http_wire import LOOPBACK, Head, Request, RequestError, error_body, shown
-from edge_agent.serving import Classifier, NoModelError
+from edge_agent.serving import Classifier, Explaining, NoModelError
 from fedge.bounded import InputError, load_json
 from fedge.errors import EdgeError
 from fedge.logs import get_logger
 
-__all__ = ["LOOPBACK", "MAX_BODY", "MAX_JSON_DEPTH", "MAX_TEXTS", "HttpInput", "Limits"]
+__all__ = [
+    "LOOPBACK",
+    "MAX_BODY",
+    "MAX_EXPLAIN_BODY",
+    "MAX_JSON_DEPTH",
+    "MAX_TEXTS",
+    "HttpInput",
+    "Limits",
+]
 
 log = get_logger(__name__)
 
 MAX_TEXTS: Final = 64
 MAX_JSON_DEPTH: Final = 8  # {"texts": [...]} is 2 deep
 MAX_REQUEST_ID: Final = 128
+MAX_EXPLAIN_BODY: Final = 16 * 1024
 
 _REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID}}}")
 
 
-def _texts(body: bytes) -> list[str]:
+def _document(body: bytes) -> Any:
     try:
-        doc: Any = load_json(
+        return load_json(
             body, source="request body", max_depth=MAX_JSON_DEPTH, allow_constants=False
         )
     except InputError as exc:
         raise RequestError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+
+
+def _texts(body: bytes) -> list[str]:
+    doc = _document(body)
     if not isinstance(doc, dict):
         raise RequestError(HTTPStatus.BAD_REQUEST, 'expected {"text": "..."} or {"texts": [...]}')
     if "text" in doc and isinstance(doc["text"], str):
@@ -71,6 +96,16 @@ def _texts(body: bytes) -> list[str]:
     raise RequestError(
         HTTPStatus.BAD_REQUEST, 'expected {"text": "..."} or {"texts": [...]} with strings'
     )
+
+
+def _text(body: bytes) -> str:
+    """The one text of an explanation request."""
+    doc = _document(body)
+    if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+        raise RequestError(HTTPStatus.BAD_REQUEST, 'expected {"text": "..."} with a string')
+    text: str = doc["text"]
+    _check_unicode(text, "text")
+    return text
 
 
 def _check_unicode(text: str, field: str) -> None:
@@ -91,8 +126,10 @@ def _check_unicode(text: str, field: str) -> None:
 class _Answers:
     """The routes; run on the worker threads, each call returns an answer and never raises."""
 
-    def __init__(self, classifier: Classifier) -> None:
+    def __init__(self, classifier: Classifier, explainer: Explaining | None) -> None:
         self.classifier = classifier
+        self.explainer = explainer
+        self._explaining = threading.BoundedSemaphore(1)
 
     def answer(self, request: Request) -> Answer:
         head = request.head
@@ -121,6 +158,9 @@ class _Answers:
         if head.path == "/v1/classify":
             self._allow(head, "POST")
             return HTTPStatus.OK, self._classify(request), ()
+        if head.path == "/v1/explain" and self.explainer is not None:
+            self._allow(head, "POST")
+            return HTTPStatus.OK, self._explain(request, self.explainer), ()
         if head.path == "/v1/status":
             self._allow(head, "GET")
             return HTTPStatus.OK, self.classifier.status_document(), ()
@@ -145,7 +185,8 @@ class _Answers:
         doc = {"status": "ok" if current else "no-model", "current": current}
         return code, json.dumps(doc).encode("utf-8"), ()
 
-    def _classify(self, request: Request) -> bytes:
+    @staticmethod
+    def _check_json(request: Request) -> None:
         headers = request.head.headers
         content_type = (headers.get("Content-Type") or "").partition(";")[0].strip().lower()
         if content_type != "application/json":
@@ -158,7 +199,10 @@ class _Answers:
             raise RequestError(
                 HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"the body must be UTF-8, not {shown(charset)}"
             )
-        request_id = headers.get("X-Request-Id")
+
+    def _classify(self, request: Request) -> bytes:
+        self._check_json(request)
+        request_id = request.head.headers.get("X-Request-Id")
         if request_id is None:
             request_id = uuid.uuid4().hex[:12]
         elif not _REQUEST_ID.fullmatch(request_id):
@@ -181,13 +225,62 @@ class _Answers:
             }
         ).encode("utf-8")
 
+    def _explain(self, request: Request, explainer: Explaining) -> bytes:
+        if len(request.body) > MAX_EXPLAIN_BODY:
+            raise RequestError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"the body is {len(request.body)} bytes, over the {MAX_EXPLAIN_BODY}-byte limit "
+                "of an explanation",
+            )
+        self._check_json(request)
+        text = _text(request.body)
+        if not self._explaining.acquire(blocking=False):
+            raise RequestError(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "another explanation is running (one at a time): retry shortly",
+                headers=(("Retry-After", "1"),),
+            )
+        try:
+            result = explainer.explain(text)
+        except TooLongError as exc:
+            raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, f"text: {exc}") from None
+        except DeadlineError as exc:
+            raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from None
+        finally:
+            self._explaining.release()
+        explanation = result.explanation
+        return json.dumps(
+            {
+                "artifact": result.artifact,
+                "version": result.version,
+                "label": explanation.label,
+                "score": explanation.score,
+                "scores": explanation.scores,
+                "method": METHOD,
+                "words": explanation.word_items(),
+                "ms": round(explanation.ms, 3),
+            }
+        ).encode("utf-8")
+
 
 class HttpInput:
-    """The endpoint's threads; ``port`` is the bound one (useful when asked for 0)."""
+    """The endpoint's threads; ``port`` is the bound one (useful when asked for 0).
 
-    def __init__(self, classifier: Classifier, *, port: int, limits: Limits | None = None) -> None:
+    ``explainer`` serves ``POST /v1/explain`` (without one, that path is not found).
+    """
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        *,
+        port: int,
+        limits: Limits | None = None,
+        explainer: Explaining | None = None,
+    ) -> None:
         try:
-            self._server = BoundedServer(_Answers(classifier).answer, port, limits or Limits())
+            self._server = BoundedServer(
+                _Answers(classifier, explainer).answer, port, limits or Limits()
+            )
         except OSError as exc:
             raise EdgeError(
                 f"spec.input.http.port: cannot listen on {LOOPBACK}:{port} ({exc.strerror})"

@@ -134,6 +134,11 @@ class InferenceEngine:
     def labels(self) -> tuple[str, ...]:
         return self.config.labels
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The inputs the model declares, in :data:`~fedge.payload.INPUT_NAMES` order."""
+        return self._feeds
+
     def _encode(self, texts: Sequence[str]) -> dict[str, np.ndarray[Any, np.dtype[np.int64]]]:
         encodings = self.tokenizer.encode_batch(list(texts))
         width = max(1, *(len(encoding.ids) for encoding in encodings))
@@ -151,16 +156,42 @@ class InferenceEngine:
     def logits(self, texts: Sequence[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        feeds = self._encode(texts)
+        return self._run(self._encode(texts), len(texts))
+
+    def probabilities(
+        self,
+        input_ids: np.ndarray[Any, np.dtype[np.int64]],
+        attention_mask: np.ndarray[Any, np.dtype[np.int64]],
+        token_type_ids: np.ndarray[Any, np.dtype[np.int64]] | None = None,
+    ) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """Class probabilities for token arrays the caller built ([rows, seq] each), in one
+        ONNX Runtime call: what an explanation's occluded variants need, since they are token
+        sequences with a piece replaced, not texts."""
+        if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
+            raise EdgeError(
+                f"token arrays must be [rows, seq] of one shape, got {list(input_ids.shape)} "
+                f"and {list(attention_mask.shape)}"
+            )
+        types = np.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        arrays = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": types}
+        feeds = {name: np.ascontiguousarray(arrays[name], dtype=np.int64) for name in self._feeds}
+        result: np.ndarray[Any, np.dtype[np.float64]] = _softmax(
+            self._run(feeds, len(input_ids))
+        ).astype(np.float64)
+        return result
+
+    def _run(
+        self, feeds: dict[str, np.ndarray[Any, np.dtype[np.int64]]], rows: int
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
         try:
             (result,) = self.session.run([OUTPUT_NAME], feeds)
         except Exception as exc:
             raise EdgeError(f"{MODEL_FILE}: inference failed ({exc})") from exc
         array = np.asarray(result, dtype=np.float32)
-        if array.shape != (len(texts), len(self.labels)):
+        if array.shape != (rows, len(self.labels)):
             raise EdgeError(
                 f"{MODEL_FILE}: logits have shape {list(array.shape)}, expected "
-                f"[{len(texts)}, {len(self.labels)}] for labels {list(self.labels)}"
+                f"[{rows}, {len(self.labels)}] for labels {list(self.labels)}"
             )
         return array
 

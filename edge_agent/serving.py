@@ -1,5 +1,5 @@
 """What the inputs (folder, HTTP) need from the agent: classify texts with the model served now,
-and what that model is (:class:`ServedModel`)."""
+explain one prediction (HTTP only), and what that model is (:class:`ServedModel`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from edge_agent.explain import Explanation
 from edge_agent.inference import InferenceEngine, Prediction
 from edge_agent.protocol import ArtifactRef
 from fedge.errors import EdgeError
 
-__all__ = ["Classified", "Classifier", "NoModelError", "ServedModel", "Source"]
+__all__ = [
+    "Classified",
+    "Classifier",
+    "Explained",
+    "Explaining",
+    "NoModelError",
+    "ServedModel",
+    "Source",
+]
 
 Source = Literal["folder", "http"]
 
@@ -42,3 +51,16 @@ class Classifier(Protocol):
     ) -> Classified: ...
 
     def status_document(self) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Explained:
+    """An explanation (edge_agent/explain.py) and the artifact version that made it."""
+
+    artifact: str
+    version: str
+    explanation: Explanation
+
+
+class Explaining(Protocol):
+    def explain(self, text: str) -> Explained: ...

@@ -18,6 +18,7 @@ AgentStatus        ``fedge-agent status``                      (one device: no i
 RunList            ``fedge runs``                              one per run on the SuperLink
 DeviceList         ``fedge fleet status -o json``              one per device of the fleet
 RolloutList        ``fedge deploy status``                     one per rollout, newest first
+Explanation        ``fedge explain``                           one per word of the text, in order
 =================  ==========================================  ====================================
 """
 
@@ -252,6 +253,8 @@ _ROLLOUT = {
     ],
 }
 
+_WORD = _object({"word": _STR, "start": _INT, "end": _INT, "attribution": _NUM})
+
 SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "PrivacyBudget": _envelope(
         "PrivacyBudget",
@@ -322,6 +325,22 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "RunList": _envelope("RunList", {"superlink": _STR}, _RUN),
     "DeviceList": _envelope("DeviceList", {"fleet": _STR}, _DEVICE),
     "RolloutList": _envelope("RolloutList", {"fleet": _OPT_STR}, _ROLLOUT),
+    # start and end are character offsets of the word in text; attribution is the drop in the
+    # predicted label's probability when the word is hidden (edge_agent/explain.py)
+    "Explanation": _envelope(
+        "Explanation",
+        {
+            "artifact": _STR,
+            "version": _STR,
+            "text": _STR,
+            "label": _STR,
+            "score": _NUM,
+            "scores": {"type": "object", "additionalProperties": _NUM},
+            "method": {"const": "occlusion"},
+            "ms": _NUM,
+        },
+        _WORD,
+    ),
 }
 
 

@@ -49,6 +49,7 @@ ALLOWED: dict[str, set[str]] = {
         "edge_agent.explain",  # fedge explain runs the device's own occlusion code
         "client.contract",
         "flwr",
+        "ray",  # server/federation/simulation_engine.py: the CPUs of a cluster (--ray-address)
         "tenseal",
         "torch",
         "transformers",

@@ -277,6 +277,11 @@ def _views(api: FastAPI, state: ConsoleState, hub: ChangeHub) -> None:
     async def rollouts() -> dict[str, Any]:
         return state.fleet.rollouts()
 
+    @api.get("/api/explanations", tags=["views"], responses=_documented("ConsoleExplanations"))
+    async def explanations() -> dict[str, Any]:
+        """Why a device answered the demo's sample inferences: each word's attribution."""
+        return state.sources.explanations()
+
     @api.get("/api/events", tags=["views"])
     async def events(request: Request) -> StreamingResponse:
         """Server-sent events: ``change`` names the views to fetch again."""

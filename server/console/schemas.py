@@ -1,7 +1,7 @@
 """JSON Schemas of the console's own documents, for ``/api/openapi.json``.
 
 The listings a CLI also prints (HolderList, AuditLog, PlacementStatus, DeviceList, RolloutList)
-use the CLI's schemas from :mod:`fedge.output_schemas`; these three exist only in the console.
+use the CLI's schemas from :mod:`fedge.output_schemas`; these exist only in the console.
 They are open (extra fields allowed) so that the console can grow without breaking a reader.
 """
 
@@ -81,6 +81,45 @@ CONSOLE_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "ConsoleRunList": _envelope(
         "ConsoleRunList",
         {"workdir": {"type": "string"}, "items": {"type": "array", "items": _RUN_SUMMARY}},
+    ),
+    "ConsoleExplanations": _envelope(
+        "ConsoleExplanations",
+        {
+            "workdir": {"type": "string"},
+            "items": {
+                "type": "array",
+                "description": "sample inferences a device explained (POST /v1/explain) during "
+                "the demo, from each summary.json: run (its folder below --workdir), text, "
+                "expected, device, label, score, ms, and words (word, start, end, attribution: "
+                "the drop in the label's probability when the word is hidden)",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "run": {"type": "string"},
+                        "text": {"type": "string"},
+                        "expected": {"type": "string"},
+                        "device": {"type": "string"},
+                        "label": {"type": "string"},
+                        "score": {"type": "number"},
+                        "ms": {"type": ["number", "null"]},
+                        "words": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "word": {"type": "string"},
+                                    "start": {"type": "integer"},
+                                    "end": {"type": "integer"},
+                                    "attribution": {"type": "number"},
+                                },
+                                "required": ["word", "start", "end", "attribution"],
+                            },
+                        },
+                    },
+                    "required": ["run", "text", "device", "label", "score", "words"],
+                },
+            },
+        },
     ),
     "ConsoleRun": _envelope(
         "ConsoleRun",

@@ -14,6 +14,7 @@ changed.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -35,7 +36,9 @@ T = TypeVar("T")
 
 METRICS = "metrics.jsonl"
 PROGRESS = "flower-runs"
+SUMMARY = "summary.json"  # server.report.summary.SUMMARY_NAME, named here to stay light
 _MAX_METRICS = 64 << 20
+_MAX_SUMMARY = 16 << 20
 _REGISTRY_DIRS = (".", "coordinator", "fedge-coordinator")
 _PLACEMENT_NAMES = ("placement.sqlite", "fedge-placement.sqlite")
 
@@ -233,6 +236,23 @@ class Sources:
                 items = placement_items(store)
         return document("PlacementStatus", items, state=_text(state), artifact=None)
 
+    # -- explanations ----------------------------------------------------------------------------
+
+    def summary_files(self) -> list[Path]:
+        """The ``summary.json`` files the demo (or a run) wrote: the folder's own and each
+        run folder's."""
+        candidates = [self.root / SUMMARY, *(run.path / SUMMARY for run in self.runs())]
+        return sorted({path for path in candidates if path.is_file()})
+
+    def explanations(self) -> dict[str, Any]:
+        """The sample inferences the demo had a device explain (``summary.json``'s samples)."""
+        items: list[dict[str, Any]] = []
+        for path in self.summary_files():
+            samples = self._cached("explanations", path, functools.partial(_read_samples, path))
+            where = path.parent.relative_to(self.root).as_posix()
+            items.extend({"run": where, **sample} for sample in samples)
+        return document("ConsoleExplanations", items, workdir=str(self.root))
+
     # -- change detection ----------------------------------------------------------------------
 
     def fingerprint(self) -> dict[str, tuple[Any, ...]]:
@@ -264,6 +284,7 @@ class Sources:
             "runs": stat(*runs),
             "holders": stat(*registry, *runs),
             "placement": stat(*placement),
+            "explanations": stat(*self.summary_files()),
         }
 
 
@@ -286,6 +307,40 @@ def _read_rounds(path: Path) -> list[dict[str, Any]]:
         if isinstance(row, dict) and isinstance(row.get("round"), int):
             rows.append(row)
     return rows
+
+
+def _read_samples(path: Path) -> list[dict[str, Any]]:
+    """The explained samples of a ``summary.json`` (the report's reader, so the two agree); a
+    file that does not read is logged and shows nothing, as the report shows it as a problem."""
+    from fedge.errors import UsageError
+    from server.report.summary import RunSummary
+
+    try:
+        text = read_capped(path, limit=_MAX_SUMMARY, what="summary").decode("utf-8")
+        summary = RunSummary.from_json(text, source=str(path))
+    except (InputError, UsageError, UnicodeDecodeError) as exc:
+        log.warning("console: %s", exc)
+        return []
+    found = []
+    for sample in summary.samples or ():
+        why = sample.explanation
+        if why is None:
+            continue
+        found.append(
+            {
+                "text": sample.text,
+                "expected": sample.expected,
+                "device": why.device,
+                "label": why.label,
+                "score": why.score,
+                "ms": why.ms,
+                "words": [
+                    {"word": w.word, "start": w.start, "end": w.end, "attribution": w.attribution}
+                    for w in why.words
+                ],
+            }
+        )
+    return found
 
 
 def _read_budget(path: Path) -> dict[str, Any] | None:

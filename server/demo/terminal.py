@@ -15,6 +15,7 @@ __all__ = ["print_summary"]
 def print_summary(console: Console, demo: DemoContext) -> None:
     """What a newcomer wants to see at the end, in the terminal; report.html has the rest."""
     from rich.table import Table
+    from rich.text import Text
 
     rounds = Table(title="training (simulation engine, DP per holder)")
     for column in ("round", "accuracy (own splits)", "loss", "clients", "epsilon per client"):
@@ -69,6 +70,22 @@ def print_summary(console: Console, demo: DemoContext) -> None:
             f"{p95:.2f}" if p95 is not None else "-",
         )
     console.print(fleet)
+    explained = [s for s in summary.get("samples", []) if s.get("explanation")]
+    if explained:
+        device = explained[0]["explanation"]["device"]
+        why = Table(title=f"why: {device} explains its answers (occlusion on the int8 model)")
+        for column in ("sample", "answer", "words that made it (attribution)"):
+            why.add_column(column)
+        for sample in explained:
+            doc = sample["explanation"]
+            ranked = sorted(doc["words"], key=lambda w: w["attribution"], reverse=True)[:3]
+            text = sample["text"]
+            why.add_row(  # Text: a sentence is never read as rich markup
+                Text(text if len(text) <= 60 else text[:59] + "…"),
+                Text(f"{doc['label']} ({doc['score']:.2f})"),
+                Text(", ".join(f"{w['word']} {w['attribution']:+.2f}" for w in ranked)),
+            )
+        console.print(why)
 
 
 def _fmt(value: float | None) -> str:

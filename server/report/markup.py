@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "NO_VALUE",
+    "attributed_text",
     "badge",
     "bar",
     "card",
@@ -117,3 +118,34 @@ def card(section_id: str, title: str, lead: str, body: str) -> str:
         f'<p class="lead">{esc(lead)}</p>'
         f"{body}</section>"
     )
+
+
+def attributed_text(text: str, words: Iterable[tuple[int, int, float]]) -> str:
+    """``text`` with each word (``start``, ``end``, attribution) shaded by its attribution:
+    green where it pushed the model towards its answer, red where against, the stronger the
+    darker (relative to the sentence's largest); the value is the word's tooltip.
+
+    Words come from a file (``summary.json``), so ones that overlap, run backwards or past the
+    end are left unshaded rather than trusted; everything is escaped.
+    """
+    usable = sorted(
+        (start, end, value)
+        for start, end, value in words
+        if 0 <= start < end <= len(text) and math.isfinite(value)
+    )
+    largest = max((abs(value) for _start, _end, value in usable), default=0.0)
+    parts: list[str] = []
+    cursor = 0
+    for start, end, value in usable:
+        if start < cursor:
+            continue
+        parts.append(esc(text[cursor:start]))
+        strength = abs(value) / largest if largest > 0 else 0.0
+        rgb = "21,128,61" if value > 0 else "185,28,28"
+        parts.append(
+            f'<span class="attr" style="background:rgba({rgb},{0.08 + 0.6 * strength:.2f})" '
+            f'title="{value:+.4f}">{esc(text[start:end])}</span>'
+        )
+        cursor = end
+    parts.append(esc(text[cursor:]))
+    return "".join(parts)

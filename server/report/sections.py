@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from server.report.markup import (
     NO_VALUE,
+    attributed_text,
     badge,
     bar,
     card,
@@ -451,7 +452,12 @@ def _edge(summary: RunSummary) -> str:
         for s in samples
     ]
     table = html_table(("device", "p50 ms", "p95 ms", "samples"), rows, numeric=(1, 2, 3))
-    return card("edge", "Edge latency", lead, edge_plot(samples) + table + _answers(summary))
+    return card(
+        "edge",
+        "Edge latency",
+        lead,
+        edge_plot(samples) + table + _answers(summary) + _explanations(summary),
+    )
 
 
 def _answers(summary: RunSummary) -> str:
@@ -473,6 +479,32 @@ def _answers(summary: RunSummary) -> str:
         for sample in summary.samples
     ]
     return "<h3>Sample inferences</h3>" + html_table(("held-out text", "label", *devices), rows)
+
+
+def _explanations(summary: RunSummary) -> str:
+    """Why a device answered what it did: each sample's words shaded by their attribution."""
+    explained = [(s, s.explanation) for s in summary.samples or () if s.explanation is not None]
+    if not explained:
+        return ""
+    items = []
+    for sample, why in explained:
+        words = ((w.start, w.end, w.attribution) for w in why.words)
+        timing = f", {why.ms:.0f} ms" if why.ms is not None else ""
+        items.append(
+            f'<li><div class="said">{attributed_text(sample.text, words)}</div>'
+            f'<div class="muted">{esc(why.device)}: {esc(why.label)} '
+            f"({esc(fmt_num(why.score))}), expected {esc(sample.expected)}{esc(timing)}</div>"
+            "</li>"
+        )
+    lead = (
+        "Each word shaded by how much the answer's probability dropped when the device hid it "
+        "(occlusion on the int8 model it runs, POST /v1/explain): green towards the answer, red "
+        "against it, darker for more; hover a word for its value."
+    )
+    return (
+        f'<h3>Why: explanations</h3><p class="muted">{esc(lead)}</p>'
+        f'<ul class="explain">{"".join(items)}</ul>'
+    )
 
 
 def render_body(summary: RunSummary) -> str:

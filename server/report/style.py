@@ -66,4 +66,8 @@ tbody tr:nth-child(even) { background:#fafafa; }
 .notes, .warnings { margin:12px 0 0; padding-left:20px; }
 .warnings li { color:var(--warn); }
 footer { color:var(--muted); font-size:12px; text-align:center; margin-top:24px; }
+.explain { list-style:none; margin:0; padding:0; }
+.explain li { padding:8px 0; border-bottom:1px solid var(--line); }
+.explain .said { font-size:15px; line-height:1.9; }
+.attr { border-radius:3px; padding:1px 2px; }
 """

@@ -30,12 +30,14 @@ __all__ = [
     "ArtifactInfo",
     "ClientBudget",
     "EdgeLatency",
+    "ExplainedWord",
     "FleetRow",
     "Placement",
     "PlacementRow",
     "Quality",
     "RoundRow",
     "RunSummary",
+    "SampleExplanation",
     "SampleInference",
     "Stage",
     "load_run_summary",
@@ -128,12 +130,36 @@ class Quality:
 
 
 @dataclass(frozen=True, slots=True)
+class ExplainedWord:
+    """One word of an explained sentence: its characters ``[start, end)`` and its attribution
+    (how much the predicted label's probability dropped when the word was hidden)."""
+
+    word: str
+    start: int
+    end: int
+    attribution: float
+
+
+@dataclass(frozen=True, slots=True)
+class SampleExplanation:
+    """What a device's ``POST /v1/explain`` answered for a sample: occlusion on its int8 model."""
+
+    device: str
+    label: str
+    score: float
+    words: tuple[ExplainedWord, ...] = ()
+    ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SampleInference:
-    """A held-out sentence, its true label, and what each device answered."""
+    """A held-out sentence, its true label, what each device answered, and why (one device's
+    explanation, when the demo asked for one)."""
 
     text: str
     expected: str
     answers: Mapping[str, str | None] = field(default_factory=dict)
+    explanation: SampleExplanation | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,8 @@ be a 2xx or a 4xx with a JSON ``error`` (never a 5xx, a reset or a hang), nothin
 log at warning level or with a traceback, and the endpoint must still serve afterwards.
 
 The agent's endpoint gets a real ONNX model and tokenizer behind the agent's ``Classifier``
-interface (as in tests/edge/test_agent_http_limits.py); the enrollment endpoint a registry and a
+interface (as in tests/edge/test_agent_http_limits.py), and behind ``POST /v1/explain`` a real
+:class:`~edge_agent.explain.Explainer` (as in tests/edge/test_explain.py); the enrollment endpoint a registry and a
 SuperLink stand-in that refuses registrations, so no example can enroll anyone.
 """
 
@@ -32,6 +33,7 @@ from fedge.tls import CertPaths, generate_federation_certs
 from server.enrollment.registry import Registry
 from server.enrollment.service import Enroller, EnrollmentServer
 from tests.edge.test_agent_http_limits import EngineClassifier
+from tests.edge.test_explain import ServedExplainer
 from tests.fuzz.test_documents import json_values
 from tests.server.test_enrollment_http_limits import NoSuperLink
 from tests.support.edge_artifacts import make_artifact
@@ -107,6 +109,34 @@ def test_any_classify_body_gets_a_2xx_or_a_json_4xx(
     caplog.set_level(logging.DEBUG, logger="fedge")
     check(exchange(agent_port, request_bytes("POST", "/v1/classify", body, headers=JSON)), caplog)
     health = exchange(agent_port, request_bytes("GET", "/v1/health"), method="GET")
+    assert health.status == 200
+
+
+@pytest.fixture(scope="module")
+def explain_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    folder = tmp_path_factory.mktemp("fuzz-explain-model") / "tiny"
+    make_artifact(folder, generate_keypair(), version="1.0.0", int8=True)
+    served = ServedExplainer(InferenceEngine(folder, threads=1))
+    endpoint = HttpInput(served, port=0, explainer=served)
+    endpoint.start()
+    try:
+        yield endpoint.port
+    finally:
+        endpoint.stop()
+
+
+@FUZZ
+@given(body=bodies({"text": "a good film, not a bad one"}))
+def test_any_explain_body_gets_a_2xx_or_a_json_4xx(
+    explain_port: int, body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="fedge")
+    answer = exchange(explain_port, request_bytes("POST", "/v1/explain", body, headers=JSON))
+    check(answer, caplog)
+    if answer.status == 200:
+        doc = answer.json()
+        assert all(isinstance(w["attribution"], float) for w in doc["words"]), doc
+    health = exchange(explain_port, request_bytes("GET", "/v1/health"), method="GET")
     assert health.status == 200
 
 

@@ -671,3 +671,61 @@ def test_fedge_console_stops_at_once_on_sigterm_with_a_page_open(tmp_path: Path)
     assert code == 0, err
     assert took < 2.5, f"SIGTERM took {took:.1f} s with a page open"
     assert "Traceback" not in err and token not in err
+
+
+# -- explanations -------------------------------------------------------------------------------
+
+
+def test_explanations_come_from_the_demos_summary(start: Start, tmp_path: Path) -> None:
+    from server.report.summary import (
+        ExplainedWord,
+        RunSummary,
+        SampleExplanation,
+        SampleInference,
+    )
+
+    workdir = tmp_path / "ops"
+    server = start(workdir=workdir)
+    with _client(server, headers=_bearer(server)) as client:
+        empty = client.get("/api/explanations").json()
+        assert (empty["kind"], empty["items"]) == ("ConsoleExplanations", [])
+        why = SampleExplanation(
+            device="edge-1",
+            label="positive",
+            score=0.98,
+            words=(ExplainedWord("kind", 4, 8, 0.3), ExplainedWord("nurse", 13, 18, 0.01)),
+            ms=12.5,
+        )
+        summary = RunSummary(
+            run_id="demo",
+            samples=(
+                SampleInference("The kind nurse", "positive", {"edge-1": "positive"}, why),
+                SampleInference("unexplained", "negative", {"edge-1": "negative"}),
+            ),
+        )
+        (workdir / "summary.json").write_text(summary.to_json(), encoding="utf-8")
+        doc = client.get("/api/explanations").json()
+        spec = client.get("/api/openapi.json").json()
+    jsonschema.validate(doc, CONSOLE_SCHEMAS["ConsoleExplanations"])
+    assert doc["items"] == [
+        {
+            "run": ".",
+            "text": "The kind nurse",
+            "expected": "positive",
+            "device": "edge-1",
+            "label": "positive",
+            "score": 0.98,
+            "ms": 12.5,
+            "words": [
+                {"word": "kind", "start": 4, "end": 8, "attribution": 0.3},
+                {"word": "nurse", "start": 13, "end": 18, "attribution": 0.01},
+            ],
+        }
+    ]
+    documented = spec["paths"]["/api/explanations"]["get"]["responses"]["200"]
+    schema = documented["content"]["application/json"]["schema"]
+    assert schema == CONSOLE_SCHEMAS["ConsoleExplanations"]
+    assert "explanations" in server.app.app.state.console.sources.fingerprint()
+    (workdir / "summary.json").write_text('{"schema": "nope"}', encoding="utf-8")
+    with _client(server, headers=_bearer(server)) as client:
+        assert client.get("/api/explanations").json()["items"] == []  # unreadable: nothing shown

@@ -110,6 +110,11 @@ def test_a_reduced_demo_runs_every_stage(tmp_path: Path) -> None:
     for sample in samples:
         assert set(sample["answers"]) == {"edge-1", "edge-2"}
         assert set(sample["answers"].values()) <= {"negative", "positive"}, sample
+        why = sample["explanation"]  # edge-1 explained each sample (POST /v1/explain)
+        assert why["device"] == "edge-1" and why["label"] == sample["answers"]["edge-1"], why
+        assert why["words"] and all(
+            sample["text"][w["start"] : w["end"]] == w["word"] for w in why["words"]
+        ), why
 
     # the report has every section
     html = (workdir / "report.html").read_text()
@@ -118,6 +123,7 @@ def test_a_reduced_demo_runs_every_stage(tmp_path: Path) -> None:
     assert "Not run" not in html.split('id="training"')[1].split("</section>")[0]
     assert "Not run" not in html.split('id="quality"')[1].split("</section>")[0]
     assert "Model accuracy" in html
+    assert "Why: explanations" in html and 'class="attr"' in html
 
     # nothing the demo started outlives it (its process is gone; no orphans by name)
     leftovers = []
@@ -207,6 +213,9 @@ def _check_console(url: str, token: str, workdir: Path) -> None:
         ]
         placement = client.get("/api/placement").json()["items"]
         assert [v["health"] for v in placement] == ["ok"]
+        explained = client.get("/api/explanations").json()["items"]
+        assert len(explained) == 4 and {e["device"] for e in explained} == {"edge-1"}, explained
+        assert all(e["words"] for e in explained)
 
         fleet = client.get("/api/fleet").json()
         deadline = time.monotonic() + 30  # retained shadows arrive right after the connect

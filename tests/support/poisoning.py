@@ -77,6 +77,8 @@ class ArmResult:
     accuracy: float
     flagged: dict[int, dict[str, str]]  # round -> holder -> reason
     seconds: float
+    user_epsilon: float | None = None  # privacy level user/both: the run's user-level epsilon
+    holder_epsilon: float = 0.0  # the largest sample-level epsilon a holder reported
 
 
 def make_task(root: Path, *, clients: int, examples: int, seed: int = 0) -> Path:
@@ -99,8 +101,10 @@ def arm_policy(
     clients: int,
     epsilon: float,
     extra: str = "",
+    privacy: str = "",
 ) -> str:
-    """A head-only policy where every holder trains every round (perRound = minimum = all)."""
+    """A head-only policy where every holder trains every round (perRound = minimum = all);
+    ``privacy``: more keys of the privacy mapping (``level: user, user: {...}``)."""
     return f"""apiVersion: fedge/v1
 kind: FederationPolicy
 metadata: {{name: poisoning}}
@@ -111,7 +115,7 @@ spec:
   roundTimeout: 300
   aggregation: {{strategy: {strategy}{extra}}}
   training: {{batchSize: 16, learningRate: 0.05, localEpochs: 2}}
-  privacy: {{targetEpsilon: {epsilon}, delta: 1.0e-5}}
+  privacy: {{targetEpsilon: {epsilon}, delta: 1.0e-5{", " + privacy if privacy else ""}}}
 """
 
 
@@ -126,19 +130,28 @@ def run_arm(
     clients: int = 5,
     epsilon: float = 50.0,
     extra: str = "",
+    privacy: str = "",
+    label: str = "",
 ) -> ArmResult:
-    """Run one arm in the simulation engine in its own folder under ``root``."""
+    """Run one arm in the simulation engine in its own folder under ``root`` (``label``
+    names it, by default the strategy and whether it is poisoned)."""
     from server.federation.app_dir import CLIENT_APP
     from server.federation.metrics import MetricsLog
     from server.federation.train import load_plan, train_simulated
 
-    name = f"{strategy}-{'poisoned' if poisoned else 'clean'}"
+    name = label or f"{strategy}-{'poisoned' if poisoned else 'clean'}"
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     policy = folder / "federation.yaml"
     policy.write_text(
         arm_policy(
-            model, strategy=strategy, rounds=rounds, clients=clients, epsilon=epsilon, extra=extra
+            model,
+            strategy=strategy,
+            rounds=rounds,
+            clients=clients,
+            epsilon=epsilon,
+            extra=extra,
+            privacy=privacy,
         )
     )
     plan = load_plan(policy, workdir=folder / "run", run_id=name)
@@ -157,5 +170,7 @@ def run_arm(
         poisoned=poisoned,
         accuracy=float(last["eval_accuracy"] or 0.0),
         flagged={int(r["round"]): dict(r.get("flagged", {})) for r in records},
+        user_epsilon=last.get("user_epsilon"),
+        holder_epsilon=max((float(e) for e in (last.get("epsilon") or {}).values()), default=0.0),
         seconds=time.monotonic() - started,
     )

@@ -348,7 +348,55 @@ const views = {
       ),
     );
   },
+
+  async explanations(view) {
+    const doc = await api("/api/explanations");
+    view.append(
+      el("h2", {}, "Explanations"),
+      el("p", { class: "empty" }, "Why a device answered the demo's sample inferences: each word shaded by how much the answer's probability dropped when the device hid it (occlusion on its int8 model). Green pushed towards the answer, red against it; hover a word for its value."),
+    );
+    if (!doc.items.length) {
+      view.append(el("p", { class: "empty", id: "explanations" }, "no explanation recorded yet (fedge demo has a device explain its sample inferences)"));
+      return;
+    }
+    view.append(
+      el(
+        "ul",
+        { class: "explanations", id: "explanations" },
+        doc.items.map((item, i) =>
+          el(
+            "li",
+            { "data-key": `${item.run}/${i}` },
+            el("p", { class: "said" }, shaded(item.text, item.words)),
+            el("small", {}, `${item.device}: ${item.label} (${fmt(item.score)}), expected ${item.expected || "–"}; ${fmt(item.ms, 0)} ms; ${item.run === "." ? "this folder" : item.run}`),
+          ),
+        ),
+      ),
+    );
+  },
 };
+
+// A sentence with each word shaded by its attribution (class attr pos|neg l1..l5: the page's
+// Content-Security-Policy allows no style attribute). Offsets count code points, as Python does.
+function shaded(text, words) {
+  const chars = Array.from(text);
+  const usable = words
+    .filter((w) => Number.isInteger(w.start) && Number.isInteger(w.end) && w.start >= 0 && w.start < w.end && w.end <= chars.length && Number.isFinite(w.attribution))
+    .sort((a, b) => a.start - b.start);
+  const largest = Math.max(0, ...usable.map((w) => Math.abs(w.attribution)));
+  const parts = [];
+  let cursor = 0;
+  for (const w of usable) {
+    if (w.start < cursor) continue;
+    parts.push(chars.slice(cursor, w.start).join(""));
+    const level = largest > 0 ? Math.max(1, Math.ceil((5 * Math.abs(w.attribution)) / largest)) : 1;
+    const sign = w.attribution > 0 ? "+" : "";
+    parts.push(el("span", { class: `attr ${w.attribution > 0 ? "pos" : "neg"} l${level}`, title: `${sign}${w.attribution.toFixed(4)}` }, chars.slice(w.start, w.end).join("")));
+    cursor = w.end;
+  }
+  parts.push(chars.slice(cursor).join(""));
+  return parts;
+}
 
 function runTable(runs) {
   return table(
@@ -400,7 +448,7 @@ async function startRollout() {
 
 // -- routing and live updates -------------------------------------------------------------------
 
-const VIEWS_OF = { overview: ["overview"], runs: ["runs"], holders: ["holders"], placement: ["placement"], fleet: ["fleet", "rollouts"] };
+const VIEWS_OF = { overview: ["overview"], runs: ["runs"], holders: ["holders"], placement: ["placement"], fleet: ["fleet", "rollouts"], explanations: ["explanations"] };
 
 // Draws the view the address names. Renders can overlap (a change event while the previous one
 // still fetches): only the newest is shown, and each render's charts are destroyed with its view.
