@@ -126,6 +126,15 @@ def train(
             help="With --simulate: CPU share per client (default: all clients run at once).",
         ),
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="With --simulate: join the Ray cluster whose head is at HOST:PORT (as `ray "
+            "start --head` prints it) instead of starting Ray here; the clients spread over its "
+            "nodes.",
+        ),
+    ] = None,
     superlink: Annotated[
         str | None,
         typer.Option("--superlink", help="Deployment Engine: the SuperLink's HOST:PORT (TLS)."),
@@ -162,10 +171,21 @@ def train(
     ] = None,
 ) -> None:
     """Run a federation; a run stopped part-way resumes at the next round when started again."""
-    from server.federation.train import load_plan, train_deployed, train_simulated
+    from server.federation.train import (
+        check_ray_address,
+        load_plan,
+        train_deployed,
+        train_simulated,
+    )
 
     if (simulate is None) == (superlink is None):
         raise UsageError("give exactly one of --simulate N (in process) or --superlink HOST:PORT")
+    if ray_address is not None and superlink is not None:
+        raise UsageError(
+            "--ray-address is for --simulate; with --superlink the holders run their own SuperNodes"
+        )
+    if ray_address is not None:  # before the policy is read: Ray would retry a dead one for minutes
+        check_ray_address(ray_address)
     plan = load_plan(policy, workdir=workdir, run_id=run_id, rounds=rounds)
     table = _round_table()
     shown = _Progress(table, per_round=plan.settings.policy.spec.clients.per_round)
@@ -196,7 +216,11 @@ def train(
     if data is None:
         raise UsageError("--simulate needs --data, a folder of client-NN files")
     assert simulate is not None  # noqa: S101 - checked above
-    out.print(f"run {plan.settings.run_id}: {simulate} simulated clients, workdir {plan.workdir}")
+    where = f", Ray cluster {ray_address}" if ray_address is not None else ""
+    out.print(
+        f"run {plan.settings.run_id}: {simulate} simulated clients{where}, workdir {plan.workdir}",
+        markup=False,
+    )
     train_simulated(
         plan,
         num_clients=simulate,
@@ -204,6 +228,7 @@ def train(
         progress=shown.round,
         observer=shown.event,
         cpus_per_client=cpus_per_client,
+        ray_address=ray_address,
     )
     print_table(table)
     out.print(

@@ -28,7 +28,14 @@ from server.federation.rounds import RoundReport, RoundStarted, RunEvent, RunSet
 if TYPE_CHECKING:
     from server.federation.deployment_engine import RunStatus
 
-__all__ = ["TrainPlan", "load_plan", "simulated_he_keys", "train_deployed", "train_simulated"]
+__all__ = [
+    "TrainPlan",
+    "check_ray_address",
+    "load_plan",
+    "simulated_he_keys",
+    "train_deployed",
+    "train_simulated",
+]
 
 _DATA_SUFFIXES = (".tsv", ".csv", ".jsonl")
 
@@ -113,6 +120,42 @@ def _client_files(data_dir: Path, count: int) -> list[Path]:
     return found
 
 
+def check_ray_address(address: str, *, timeout: float = 5.0) -> str:
+    """``--ray-address``: a Ray head's ``HOST:PORT`` that accepts connections; returned as given.
+
+    Checked here, before Ray sees it, because Ray itself retries an address where nothing
+    listens for minutes, and reads an address it cannot parse as a local file or a Ray Client
+    URL. Ray Client addresses (``ray://``) are refused: Flower's actor pool needs a driver in
+    the cluster, which the head's GCS address gives.
+    """
+    from fedge.process import listening
+
+    flag = f"--ray-address {address}"
+    if "://" in address:
+        raise UsageError(
+            f"{flag}: give the head's GCS address HOST:PORT (as `ray start --head` prints it), "
+            "not a URL (Ray Client's ray:// is not supported)"
+        )
+    host, sep, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [IPv6]:PORT
+    if (
+        not sep
+        or not host
+        or any(c.isspace() or c in "/[]@" for c in host)
+        or not port.isdigit()
+        or not 0 < int(port) < 65536
+    ):
+        raise UsageError(
+            f"{flag}: expected HOST:PORT of a Ray head (as `ray start --head` prints it)"
+        )
+    if not listening(host, int(port), timeout=timeout):
+        raise FederationError(
+            f"{flag}: nothing accepts connections there; start the cluster's head with "
+            f"`ray start --head --port {port}` (and open the port to this machine)"
+        )
+    return address
+
+
 def train_simulated(
     plan: TrainPlan,
     *,
@@ -123,6 +166,7 @@ def train_simulated(
     cpus_per_client: float | None = None,
     verbose: bool = False,
     client_app: str = CLIENT_APP,
+    ray_address: str | None = None,
 ) -> None:
     """Simulate ``num_clients`` data holders, each with its own file and state folder.
 
@@ -130,8 +174,13 @@ def train_simulated(
     others would reply after the round closed and have spent privacy on an update nobody used.
     ``client_app`` ("module:attribute") replaces fedge's ClientApp for tests and benchmarks
     (a holder that sends poisoned updates); ``fedge train`` never sets it.
+
+    ``ray_address`` joins a running Ray cluster instead of starting Ray here; the default CPU
+    share then comes from the cluster's CPUs. Every node of that cluster runs ClientApps, so
+    it needs fedge installed, and the data folder and the work directory at the same paths
+    (a shared file system): each holder reads its file and keeps its privacy ledger there.
     """
-    from server.federation.simulation_engine import simulate
+    from server.federation.simulation_engine import cluster_cpus, simulate
 
     if num_clients < plan.settings.policy.spec.clients.minimum:
         raise UsageError(
@@ -139,6 +188,11 @@ def train_simulated(
             f"({plan.settings.policy.spec.clients.minimum})"
         )
     _client_files(data_dir, num_clients)
+    cpus = float(os.cpu_count() or 1)
+    if ray_address is not None:
+        ray_address = check_ray_address(ray_address)
+        if cpus_per_client is None:
+            cpus = cluster_cpus(ray_address)
     workdir = plan.workdir
     config = {
         m.POLICY: plan.settings.policy_text,
@@ -159,9 +213,10 @@ def train_simulated(
         settings,
         num_clients=num_clients,
         app_dir=app_dir,
-        cpus_per_client=cpus_per_client or max(0.1, min(1.0, (os.cpu_count() or 1) / num_clients)),
+        cpus_per_client=cpus_per_client or max(0.1, min(1.0, cpus / num_clients)),
         progress=progress,
         client_app=client_app,
+        ray_address=ray_address,
     )
 
 
