@@ -41,7 +41,6 @@ import random
 import resource
 import shutil
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -61,7 +60,7 @@ if str(ROOT) not in sys.path:
 
 from client.contract.tiny import build_tiny_model  # noqa: E402
 from client.data.synthetic import generate, write_synthetic  # noqa: E402
-from fedge.process import stop_group  # noqa: E402
+from fedge.process import free_port, stop_group  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 BIN = Path(sys.executable).parent
@@ -171,12 +170,6 @@ def round_seconds(workdir: Path) -> list[tuple[int, float]]:
                 raise SystemExit(f"{path}: round {row['round']} {row['status']} {row['declined']}")
             rows.append((int(row["round"]), float(row["seconds"])))
     return rows
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def start_console(workdir: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -37,7 +37,6 @@ import pwd
 import resource
 import secrets
 import shutil
-import socket
 import ssl
 import statistics
 import subprocess
@@ -76,7 +75,7 @@ from fedge.payload import (  # noqa: E402
     TOKENIZER_FILE,
     inference_document,
 )
-from fedge.process import ManagedProcess  # noqa: E402
+from fedge.process import ManagedProcess, free_port  # noqa: E402
 from fedge.signing import KeyPair, generate_keypair  # noqa: E402
 from fedge.tls import CertPaths, generate_federation_certs  # noqa: E402
 from policies.rollout import RolloutSpec  # noqa: E402
@@ -92,12 +91,6 @@ WORDS = ["[PAD]", "[UNK]", "good", "bad", "fine", "movie", "fedge", "health", "c
 
 
 # -- the broker -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -36,8 +36,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
-import ssl
 import statistics
 import subprocess
 import sys
@@ -56,9 +54,10 @@ if str(ROOT) not in sys.path:
 from client.contract.model import BUILTIN_MINILM  # noqa: E402
 from client.contract.tiny import build_tiny_model  # noqa: E402
 from client.data.synthetic import generate, write_synthetic  # noqa: E402
-from fedge.process import stop_group  # noqa: E402
+from fedge.process import free_port, stop_group  # noqa: E402
 from fedge.tls import CertPaths, generate_federation_certs  # noqa: E402
 from server.federation.deployment_engine import flower_environment, superlink_command  # noqa: E402
+from tests.support.superlink import tls_ready  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 MODES = ("cold", "warm")
@@ -93,24 +92,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 # --------------------------------------------------------------------------------------------
 # Processes
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def tls_ready(port: int, ca: Path) -> bool:
-    context = ssl.create_default_context(cafile=str(ca))
-    try:
-        with (
-            socket.create_connection((LOOPBACK, port), timeout=1) as raw,
-            context.wrap_socket(raw, server_hostname=LOOPBACK),
-        ):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass

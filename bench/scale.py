@@ -54,8 +54,6 @@ import json
 import os
 import shutil
 import signal
-import socket
-import ssl
 import statistics
 import subprocess
 import sys
@@ -74,7 +72,9 @@ for _path in (str(ROOT), str(BENCH)):  # the repo's packages; scale_flower_app f
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-LOOPBACK = "127.0.0.1"
+from fedge.process import LOOPBACK, free_port  # noqa: E402
+from tests.support.superlink import tls_ready  # noqa: E402
+
 STACKS = ("fedge", "flower")
 BIN = Path(sys.executable).parent
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -385,24 +385,6 @@ def _tail(path: Path, chars: int = 4000) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Deployment Engine
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def tls_ready(port: int, ca: Path) -> bool:
-    context = ssl.create_default_context(cafile=str(ca))
-    try:
-        with (
-            socket.create_connection((LOOPBACK, port), timeout=1) as raw,
-            context.wrap_socket(raw, server_hostname=LOOPBACK),
-        ):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass

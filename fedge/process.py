@@ -25,9 +25,16 @@ from types import TracebackType
 
 from fedge.errors import FedgeError
 
-__all__ = ["LOOPBACK", "ManagedProcess", "group_alive", "listening", "stop_group"]
+__all__ = ["LOOPBACK", "ManagedProcess", "free_port", "group_alive", "listening", "stop_group"]
 
 LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago (for a child told which port to take)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
 
 
 def listening(host: str, port: int, *, timeout: float = 0.5) -> bool:

@@ -353,33 +353,20 @@ def _train_only(
         )
     except (BudgetExceededError, UsageError) as exc:
         return _decline(ledger, str(exc))
-    prepared = prepare(settings, own)
-    set_trainable(prepared.model.model, received(prepared.model))
-    result = train_round(
-        prepared.trainee,
-        prepared.train,
-        plan,
-        learning_rate=choice.learning_rate,
-        max_physical_batch_size=coordinator.spec.training.max_physical_batch_size,
-        device=pick_device(),
-        seed=settings.seed + round_,
-    )
-    update = get_trainable(prepared.model.model)
     charge_preview = ledger.quote(
         noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=plan.steps
     )
-    metrics: Metrics = {
-        m.NUM_EXAMPLES: result.num_examples,
-        m.TRAIN_LOSS: result.loss,
-        m.TRAIN_SECONDS: result.seconds,
-        m.EPSILON: charge_preview,
-        m.EPSILON_ROUND: charge_preview - before,
-        m.NOISE_MULTIPLIER: plan.noise_multiplier,
-        m.STEPS: plan.steps,
-        m.BATCH_SIZE: plan.batch_size,
-        m.LEARNING_RATE: choice.learning_rate,
-        m.DECLINED: 0,
-    }
+    update, metrics = _train_locally(
+        request,
+        settings,
+        received,
+        own=own,
+        coordinator=coordinator,
+        plan=plan,
+        choice=choice,
+        epsilon=charge_preview,
+        epsilon_round=charge_preview - before,
+    )
     _save_update(stored, update, metrics)
     charge = ledger.record(
         round=round_,
@@ -426,6 +413,36 @@ def _train_user_level(
         plan, choice = plan_for(settings, own, coordinator, ledger, rounds_left=1, private=False)
     except UsageError as exc:
         return _decline(ledger, str(exc))
+    update, metrics = _train_locally(
+        request,
+        settings,
+        received,
+        own=own,
+        coordinator=coordinator,
+        plan=plan,
+        choice=choice,
+        epsilon=ledger.spent(),
+        epsilon_round=0.0,
+        private=False,
+    )
+    return RoundReply(metrics, arrays=update)
+
+
+def _train_locally(
+    request: RoundRequest,
+    settings: ClientSettings,
+    received: ReceivedModel,
+    *,
+    own: FederationPolicy,
+    coordinator: FederationPolicy,
+    plan: RoundPlan,
+    choice: TrainingChoice,
+    epsilon: float,
+    epsilon_round: float,
+    private: bool = True,
+) -> tuple[Arrays, Metrics]:
+    """Train the received model on this holder's data; the update and the reply's metrics
+    (``epsilon``: what the holder will have spent; without ``private`` no noise was added)."""
     prepared = prepare(settings, own)
     set_trainable(prepared.model.model, received(prepared.model))
     result = train_round(
@@ -436,22 +453,21 @@ def _train_user_level(
         max_physical_batch_size=coordinator.spec.training.max_physical_batch_size,
         device=pick_device(),
         seed=settings.seed + request.round,
-        private=False,
+        private=private,
     )
-    spent = ledger.spent()
     metrics: Metrics = {
         m.NUM_EXAMPLES: result.num_examples,
         m.TRAIN_LOSS: result.loss,
         m.TRAIN_SECONDS: result.seconds,
-        m.EPSILON: spent,
-        m.EPSILON_ROUND: 0.0,
-        m.NOISE_MULTIPLIER: 0.0,
+        m.EPSILON: epsilon,
+        m.EPSILON_ROUND: epsilon_round,
+        m.NOISE_MULTIPLIER: plan.noise_multiplier if private else 0.0,
         m.STEPS: plan.steps,
         m.BATCH_SIZE: plan.batch_size,
         m.LEARNING_RATE: choice.learning_rate,
         m.DECLINED: 0,
     }
-    return RoundReply(metrics, arrays=get_trainable(prepared.model.model))
+    return get_trainable(prepared.model.model), metrics
 
 
 def _decline(ledger: PrivacyLedger, reason: str) -> RoundReply:

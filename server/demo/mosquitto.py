@@ -11,13 +11,12 @@ in 0600 files for the accounts that need them, never logged.
 from __future__ import annotations
 
 import shutil
-import socket
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
 from fedge.errors import EdgeError
-from fedge.process import LOOPBACK, ManagedProcess
+from fedge.process import LOOPBACK, ManagedProcess, free_port
 from fedge.tls import CertPaths
 from server.kit.broker import OPERATOR, BrokerFolder, device_username
 
@@ -32,13 +31,6 @@ def mosquitto_binary() -> str:
     if found is None:
         raise EdgeError("mosquitto is not installed (Debian: apt-get install mosquitto)")
     return found
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 class LocalBroker:

@@ -16,6 +16,7 @@ import typer
 
 from fedge.artifact import sign_artifact, verify_artifact
 from fedge.cli import new_app, out
+from fedge.process import free_port
 from fedge.signing import generate_keypair
 from server.cli.place import place_app
 from tests.conftest import Result
@@ -24,7 +25,6 @@ from tests.support.cloud_servers import (
     MotoServer,
     azure_target,
     azurite,  # noqa: F401 - pytest fixture
-    free_port,
     inventory_document,
     local_target,
     moto,  # noqa: F401 - pytest fixture

@@ -19,13 +19,13 @@ from cloud_adapters.stores.factory import open_store
 from cloud_adapters.stores.retry import RetryPolicy
 from cloud_adapters.stores.sas import blob_read_sas
 from fedge.errors import CloudError, UsageError
+from fedge.process import free_port
 from policies.inventory import Target
 from tests.support.cloud_servers import (
     AzuriteServer,
     MotoServer,
     azure_target,
     azurite,  # noqa: F401 - pytest fixture
-    free_port,
     local_target,
     moto,  # noqa: F401 - pytest fixture
     s3_target,

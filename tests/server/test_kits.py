@@ -19,11 +19,11 @@ from typing import Any, cast
 import pytest
 
 from fedge.errors import UsageError
-from fedge.process import ManagedProcess
+from fedge.process import ManagedProcess, free_port
 from fedge.signing import generate_keypair
 from server.kit.broker import OPERATOR, BrokerFolder
 from server.kit.kits import device_kit, holder_kit
-from tests.support.mqtt_broker import MosquittoBroker, Operator, free_port, mosquitto_binary
+from tests.support.mqtt_broker import MosquittoBroker, Operator, mosquitto_binary
 
 
 def _tool(name: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import urllib.error
@@ -31,7 +30,7 @@ from typing import Any
 import pytest
 
 from fedge.errors import FedgeError
-from fedge.process import ManagedProcess
+from fedge.process import ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
@@ -43,12 +42,6 @@ class ServerMissingError(RuntimeError):
 
 class ServerStartError(FedgeError):
     """A test server exited at start or never listened (the message has its log's tail)."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

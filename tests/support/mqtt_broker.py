@@ -20,7 +20,6 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import ssl
 import subprocess
 import threading
@@ -37,7 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from fedge.errors import EdgeError
-from fedge.process import ManagedProcess
+from fedge.process import ManagedProcess, free_port
 from fedge.tls import CertPaths, generate_federation_certs
 from server.demo.mosquitto import mosquitto_binary as product_binary
 from server.kit.broker import password_line
@@ -55,12 +54,6 @@ def mosquitto_binary() -> str:
         return product_binary()
     except EdgeError as exc:
         raise BrokerMissingError(str(exc)) from exc
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def write_password_file(path: Path, users: dict[str, str], *, use_tool: bool = True) -> None:

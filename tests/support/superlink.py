@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from fedge.errors import FederationError
-from fedge.process import LOOPBACK, ManagedProcess
+from fedge.process import LOOPBACK, ManagedProcess, free_port
 from fedge.tls import CertPaths, generate_federation_certs
 from server.federation.deployment_engine import (
     flower_environment,
@@ -29,7 +29,7 @@ from server.federation.deployment_engine import (
     write_flwr_home,
 )
 
-__all__ = ["SuperLink", "free_port", "running_superlink"]
+__all__ = ["SuperLink", "free_port", "running_superlink", "tls_ready"]
 
 
 @dataclass
@@ -41,13 +41,7 @@ class SuperLink:
     flwr_home: Path
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def _tls_ready(port: int, ca: Path) -> bool:
+def tls_ready(port: int, ca: Path) -> bool:
     context = ssl.create_default_context(cafile=str(ca))
     try:
         with (
@@ -83,7 +77,7 @@ def running_superlink(tmp_path: Path, *, supernode_auth: bool = False) -> Iterat
         home = tmp_path / "operator-flwr"
         write_flwr_home(home, address=f"{LOOPBACK}:{port}", root_certificates=certs.ca_cert)
         deadline = time.monotonic() + 60
-        while not _tls_ready(port, certs.ca_cert):
+        while not tls_ready(port, certs.ca_cert):
             if not managed.running() or time.monotonic() > deadline:
                 pytest.fail(f"flower-superlink did not come up:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
